@@ -1,0 +1,439 @@
+"""Loading the official SVD weights, strictly, without diffusers.
+
+Two formats (shared/docs/svd.md §4):
+
+(a) a diffusers folder (`stabilityai/stable-video-diffusion-img2vid[-xt]`): `unet/`, `vae/`,
+    `image_encoder/`, each with a `config.json` and a safetensors file (the fp32 file or the
+    `fp16` variant). Our module names are the diffusers names, so this is a plain strict load.
+(b) a single `svd.safetensors` / `svd_xt.safetensors` (Stability's sgm names). It goes through the
+    rename rules of `sgm_to_diffusers` below:
+      U-Net  `model.diffusion_model.*`                       pure renames (§4.3)
+      VAE    `first_stage_model.decoder.*`                   decoder, renames; attention 1x1 convs
+             `conditioner.embedders.3.encoder.{encoder,quant_conv}.*`   squeezed to linears (§4.4)
+      CLIP   `conditioner.embedders.0.open_clip.model.visual.*`   renames; fused in_proj split into
+                                                             q/k/v thirds; `proj` transposed (§4.5)
+    Keys the file carries that SVD never uses are skipped on purpose (`IGNORED_PREFIXES`: the
+    OpenCLIP text-tower leftovers, the first stage's duplicate encoder, the conditioner's 2-D
+    decoder); any other unknown key is an error.
+
+Loading is strict: missing, unexpected or mis-shaped keys raise one `WeightsError` naming them.
+Models are built on the meta device and the tensors, read one at a time and cast to the requested
+dtype, are assigned in place, so peak host memory stays near the size of the weights. Only
+safetensors files are read: pickle checkpoints (.ckpt/.pt/.bin) are refused, never unpickled.
+
+Command line: `python -m svd.weights PATH` loads and prints a summary (or one line of error).
+"""
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from svd.clip import CLIPVisionEncoder
+from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
+from svd.unet import UNet
+from svd.vae import VAE
+
+
+class WeightsError(ValueError):
+    """A weights file or folder that cannot be loaded; the message is one line for the user."""
+
+
+@dataclass
+class SVD:
+    unet: UNet
+    vae: VAE
+    clip: CLIPVisionEncoder
+    config: SVDConfig
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading safetensors safely
+# ---------------------------------------------------------------------------------------------
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+
+
+def open_safetensors(path: Path):
+    """safe_open with one-line errors. Never falls back to torch.load: a pickle can run code."""
+    if not path.is_file():
+        raise WeightsError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # Zip (torch.save) and raw pickle streams start with these bytes; safetensors with a length.
+    if path.suffix in PICKLE_SUFFIXES or head[:2] == b"PK" or head[:1] == b"\x80":
+        raise WeightsError(f"{path}: pickle checkpoint refused (unsafe to load); "
+                           "use the .safetensors file")
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def read_tensor(handle, key: str, path: Path) -> torch.Tensor:
+    try:
+        return handle.get_tensor(key)
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{path}: tensor {key} is unreadable ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a model from a state dict, strictly
+# ---------------------------------------------------------------------------------------------
+
+def _names(keys, limit: int = 4) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def build_strict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Assign `tensors` to `model` (built on the meta device); raise on any key or shape mismatch."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = expected.keys() - tensors.keys()
+    unexpected = tensors.keys() - expected.keys()
+    wrong = [f"{k} {tuple(tensors[k].shape)} != {expected[k]}"
+             for k in sorted(expected.keys() & tensors.keys())
+             if tuple(tensors[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_names(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_names(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): {_names(wrong, 2)}")
+    if problems:
+        raise WeightsError(f"{source}: " + "; ".join(problems))
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def _build(model_cls, config, tensors, source, device) -> nn.Module:
+    with torch.device("meta"):
+        model = model_cls(config)
+    return build_strict(model, tensors, source).to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) diffusers folder
+# ---------------------------------------------------------------------------------------------
+
+def unet_config_from_diffusers(cfg: dict) -> UNetConfig:
+    down = cfg["down_block_types"]
+    heads = cfg["num_attention_heads"]
+    if cfg.get("_class_name", "UNetSpatioTemporalConditionModel") != "UNetSpatioTemporalConditionModel":
+        raise WeightsError(f"unet/config.json describes {cfg['_class_name']}, not an SVD U-Net")
+    if cfg.get("transformer_layers_per_block", 1) not in (1, [1] * len(down)):
+        raise WeightsError("unet/config.json: only one transformer layer per block is supported")
+    ids = cfg["projection_class_embeddings_input_dim"] // cfg["addition_time_embed_dim"]
+    return UNetConfig(
+        in_channels=cfg["in_channels"], out_channels=cfg["out_channels"],
+        block_out_channels=tuple(cfg["block_out_channels"]),
+        attention_levels=tuple(t.startswith("CrossAttn") for t in down),
+        num_attention_heads=tuple(heads) if isinstance(heads, list) else (heads,) * len(down),
+        layers_per_block=cfg["layers_per_block"], cross_attention_dim=cfg["cross_attention_dim"],
+        addition_time_embed_dim=cfg["addition_time_embed_dim"], num_added_ids=ids,
+        num_frames=cfg.get("num_frames", 14))
+
+
+def vae_config_from_diffusers(cfg: dict) -> VAEConfig:
+    if cfg.get("_class_name", "AutoencoderKLTemporalDecoder") != "AutoencoderKLTemporalDecoder":
+        raise WeightsError(f"vae/config.json describes {cfg['_class_name']}, not SVD's temporal VAE")
+    return VAEConfig(in_channels=cfg["in_channels"], out_channels=cfg["out_channels"],
+                     latent_channels=cfg["latent_channels"],
+                     block_out_channels=tuple(cfg["block_out_channels"]),
+                     layers_per_block=cfg["layers_per_block"],
+                     scaling_factor=cfg.get("scaling_factor", 0.18215))
+
+
+def clip_config_from_transformers(cfg: dict) -> CLIPConfig:
+    if cfg.get("hidden_act", "gelu") != "gelu":
+        raise WeightsError(f"image_encoder/config.json: activation {cfg['hidden_act']} "
+                           "is not supported (SVD's encoder uses gelu)")
+    return CLIPConfig(hidden_size=cfg["hidden_size"], num_hidden_layers=cfg["num_hidden_layers"],
+                      num_attention_heads=cfg["num_attention_heads"],
+                      intermediate_size=cfg["intermediate_size"], patch_size=cfg["patch_size"],
+                      image_size=cfg["image_size"], projection_dim=cfg["projection_dim"],
+                      layer_norm_eps=cfg.get("layer_norm_eps", 1e-5))
+
+
+def _component_file(folder: Path, stem: str, dtype: torch.dtype) -> Path:
+    """The fp32 file or the fp16 variant; a half-precision run prefers the (smaller) variant."""
+    full, half = folder / f"{stem}.safetensors", folder / f"{stem}.fp16.safetensors"
+    order = (half, full) if dtype in (torch.float16, torch.bfloat16) else (full, half)
+    for path in order:
+        if path.is_file():
+            return path
+    pickles = [p.name for p in folder.glob(f"{stem}*") if p.suffix in PICKLE_SUFFIXES]
+    hint = f" (only {pickles[0]}: pickle files are refused)" if pickles else ""
+    raise WeightsError(f"{folder}: no {stem}.safetensors or {stem}.fp16.safetensors{hint}")
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path}: invalid JSON ({e})") from None
+
+
+def _read_file(path: Path, dtype, device) -> dict[str, torch.Tensor]:
+    with open_safetensors(path) as f:
+        return {k: read_tensor(f, k, path).to(device=device, dtype=dtype) for k in f.keys()}
+
+
+def _load_diffusers_component(root: Path, sub: str, stem: str, parse, model_cls, dtype, device):
+    folder = root / sub
+    if not folder.is_dir():
+        raise WeightsError(f"{root}: no {sub}/ folder (a diffusers SVD folder has unet/, vae/ "
+                           "and image_encoder/)")
+    try:
+        config = parse(_read_config(folder))
+    except KeyError as e:
+        raise WeightsError(f"{folder / 'config.json'}: missing field {e}") from None
+    path = _component_file(folder, stem, dtype)
+    return _build(model_cls, config, _read_file(path, dtype, device), str(path), device), config
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) single file: sgm names -> diffusers names
+# ---------------------------------------------------------------------------------------------
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_DECODER_PREFIX = "first_stage_model.decoder."
+VAE_ENCODER_PREFIX = "conditioner.embedders.3.encoder.encoder."
+VAE_QUANT_PREFIX = "conditioner.embedders.3.encoder.quant_conv."
+CLIP_PREFIX = "conditioner.embedders.0.open_clip.model.visual."
+IGNORED_PREFIXES = (
+    "first_stage_model.encoder.",                 # duplicate of the conditioner's encoder
+    "conditioner.embedders.3.encoder.decoder.",   # 2-D decoder of the conditioning autoencoder
+    "conditioner.embedders.3.encoder.post_quant_conv.",
+    "conditioner.embedders.0.open_clip.model.token_embedding.",   # text-tower leftovers
+    "conditioner.embedders.0.open_clip.model.positional_embedding",
+    "conditioner.embedders.0.open_clip.model.ln_final.",
+    "conditioner.embedders.0.open_clip.model.text_projection",
+    "conditioner.embedders.0.open_clip.model.logit_scale",
+)
+
+# Inside an sgm resnet (`VideoResBlock`), positional Sequential indices -> named layers.
+_RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("emb_layers.1", "time_emb_proj"),
+           ("out_layers.0", "norm2"), ("out_layers.3", "conv2"), ("skip_connection", "conv_shortcut")]
+
+
+def _unet_resnet(rest: str) -> str:
+    if rest.startswith("time_mixer."):
+        return rest
+    temporal = rest.startswith("time_stack.")
+    rest = rest.removeprefix("time_stack.")
+    for old, new in _RESNET:
+        if rest.startswith(old + "."):
+            rest = new + rest[len(old):]
+            break
+    return ("temporal_res_block." if temporal else "spatial_res_block.") + rest
+
+
+def _unet_transformer(rest: str) -> str:
+    rest = re.sub(r"^time_stack\.(\d+)\.", r"temporal_transformer_blocks.\1.", rest)
+    rest = re.sub(r"^time_pos_embed\.0\.", "time_pos_embed.linear_1.", rest)
+    return re.sub(r"^time_pos_embed\.2\.", "time_pos_embed.linear_2.", rest)
+
+
+def unet_key(key: str, layers_per_block: int) -> str:
+    """One sgm U-Net key (prefix stripped) -> its diffusers key (§4.3). Raises KeyError."""
+    L = layers_per_block
+    fixed = {"time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
+             "label_emb.0.0.": "add_embedding.linear_1.", "label_emb.0.2.": "add_embedding.linear_2.",
+             "input_blocks.0.0.": "conv_in.", "out.0.": "conv_norm_out.", "out.2.": "conv_out."}
+    for old, new in fixed.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    if m := re.match(r"input_blocks\.(\d+)\.(\d+)\.(.*)", key):
+        i, part, rest = int(m[1]) - 1, int(m[2]), m[3]
+        level, pos = divmod(i, L + 1)          # each level: L resnets (+ transformers), 1 downsampler
+        if pos == L:
+            return f"down_blocks.{level}.downsamplers.0.conv." + rest.removeprefix("op.")
+        if part == 0:
+            return f"down_blocks.{level}.resnets.{pos}." + _unet_resnet(rest)
+        return f"down_blocks.{level}.attentions.{pos}." + _unet_transformer(rest)
+    if m := re.match(r"middle_block\.(\d)\.(.*)", key):
+        part, rest = int(m[1]), m[2]
+        if part == 1:
+            return "mid_block.attentions.0." + _unet_transformer(rest)
+        return f"mid_block.resnets.{part // 2}." + _unet_resnet(rest)
+    if m := re.match(r"output_blocks\.(\d+)\.(\d+)\.(.*)", key):
+        level, pos = divmod(int(m[1]), L + 1)
+        part, rest = int(m[2]), m[3]
+        if part == 0:
+            return f"up_blocks.{level}.resnets.{pos}." + _unet_resnet(rest)
+        if rest.startswith("conv."):            # the upsampler sits after the last resnet
+            return f"up_blocks.{level}.upsamplers.0." + rest
+        return f"up_blocks.{level}.attentions.{pos}." + _unet_transformer(rest)
+    raise KeyError(key)
+
+
+def vae_key(key: str, levels: int) -> str:
+    """One sgm VAE key (`encoder.`/`decoder.`/`quant_conv.` prefixed) -> diffusers key (§4.4)."""
+    part, rest = key.split(".", 1)
+    if part == "quant_conv":
+        return key
+    rest = rest.replace("norm_out.", "conv_norm_out.") if rest.startswith("norm_out.") else rest
+    rest = re.sub(r"^mid\.block_(\d)\.", lambda m: f"mid_block.resnets.{int(m[1]) - 1}.", rest)
+    rest = re.sub(r"^mid\.attn_1\.", "mid_block.attentions.0.", rest)
+    rest = re.sub(r"attentions\.0\.(?:norm)\.", "attentions.0.group_norm.", rest)
+    rest = re.sub(r"attentions\.0\.([qkv])\.", r"attentions.0.to_\1.", rest)
+    rest = rest.replace("attentions.0.proj_out.", "attentions.0.to_out.0.")
+    rest = rest.replace("nin_shortcut.", "conv_shortcut.")
+    if part == "encoder":
+        rest = re.sub(r"^down\.(\d+)\.block\.(\d+)\.", r"down_blocks.\1.resnets.\2.", rest)
+        rest = re.sub(r"^down\.(\d+)\.downsample\.", r"down_blocks.\1.downsamplers.0.", rest)
+        return "encoder." + rest
+    # Decoder: sgm indexes `up` by resolution (0 = full size), diffusers by execution order.
+    rest = re.sub(r"^up\.(\d+)\.(block|upsample)",
+                  lambda m: f"up_blocks.{levels - 1 - int(m[1])}.{m[2]}", rest)
+    rest = re.sub(r"\.upsample\.", ".upsamplers.0.", rest)
+    rest = rest.replace("conv_out.time_mix_conv.", "time_conv_out.")
+    if m := re.match(r"((?:mid_block|up_blocks\.\d+)\.(?:block\.|resnets\.)(\d+)\.)(.*)", rest):
+        head = m[1].replace(".block.", ".resnets.")
+        inner = m[3]
+        if inner == "mix_factor":
+            return f"decoder.{head}time_mixer.mix_factor"
+        if inner.startswith("time_stack."):
+            inner = inner.removeprefix("time_stack.")
+            for old, new in _RESNET:
+                inner = re.sub(rf"^{re.escape(old)}\.", new + ".", inner)
+            return f"decoder.{head}temporal_res_block.{inner}"
+        return f"decoder.{head}spatial_res_block.{inner}"
+    return "decoder." + rest
+
+
+def clip_keys(key: str, tensor: torch.Tensor, hidden: int) -> list[tuple[str, torch.Tensor]]:
+    """One OpenCLIP visual key (prefix stripped) -> [(HF key, tensor)] (§4.5)."""
+    if key == "proj":
+        return [("visual_projection.weight", tensor.t().contiguous())]  # stored (C, proj)
+    if m := re.match(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", key):
+        base = f"vision_model.encoder.layers.{m[1]}.self_attn."
+        thirds = tensor.split(hidden, dim=0)                            # rows in order q, k, v
+        return [(f"{base}{p}_proj.{m[2]}", t.contiguous()) for p, t in zip("qkv", thirds)]
+    renames = [("conv1.", "embeddings.patch_embedding."), ("class_embedding", "embeddings.class_embedding"),
+               ("positional_embedding", "embeddings.position_embedding.weight"),
+               ("ln_pre.", "pre_layrnorm."), ("ln_post.", "post_layernorm."),
+               ("transformer.resblocks.", "encoder.layers.")]
+    for old, new in renames:
+        if key.startswith(old):
+            key = new + key[len(old):]
+    for old, new in [(".ln_1.", ".layer_norm1."), (".ln_2.", ".layer_norm2."),
+                     (".attn.out_proj.", ".self_attn.out_proj."),
+                     (".mlp.c_fc.", ".mlp.fc1."), (".mlp.c_proj.", ".mlp.fc2.")]:
+        key = key.replace(old, new)
+    return [("vision_model." + key, tensor)]
+
+
+def single_file_rename(key: str, config: SVDConfig) -> tuple[str, str]:
+    """A single-file key -> (component, diffusers key), component in unet / vae / clip.
+
+    Raises KeyError for keys SVD does not know. CLIP keys are returned with their OpenCLIP
+    remainder: `clip_keys` does the renaming there, because one fused key becomes three.
+    """
+    if key.startswith(UNET_PREFIX):
+        return "unet", unet_key(key[len(UNET_PREFIX):], config.unet.layers_per_block)
+    if key.startswith(VAE_DECODER_PREFIX):
+        short = "decoder." + key[len(VAE_DECODER_PREFIX):]
+    elif key.startswith((VAE_ENCODER_PREFIX, VAE_QUANT_PREFIX)):
+        short = key[len("conditioner.embedders.3.encoder."):]
+    elif key.startswith(CLIP_PREFIX):
+        return "clip", key[len(CLIP_PREFIX):]
+    else:
+        raise KeyError(key)
+    return "vae", vae_key(short, len(config.vae.block_out_channels))
+
+
+def sgm_to_diffusers(handle, path: Path, config: SVDConfig, dtype, device):
+    """Read a single-file checkpoint into three diffusers-named state dicts (unet, vae, clip)
+    and the list of keys skipped on purpose."""
+    state = {"unet": {}, "vae": {}, "clip": {}}
+    ignored, unknown = [], []
+    for key in handle.keys():
+        if key.startswith(IGNORED_PREFIXES):
+            ignored.append(key)
+            continue
+        try:
+            component, new = single_file_rename(key, config)
+        except KeyError:
+            unknown.append(key)
+            continue
+        tensor = read_tensor(handle, key, path)
+        if component == "clip":
+            state["clip"].update((k, t.to(device=device, dtype=dtype))
+                                 for k, t in clip_keys(new, tensor, config.clip.hidden_size))
+            continue
+        if component == "vae" and tensor.ndim == 4 and ".attentions.0.to_" in new:
+            tensor = tensor[:, :, 0, 0]                   # 1x1 conv in sgm, linear in diffusers
+        state[component][new] = tensor.to(device=device, dtype=dtype)
+    if unknown:
+        raise WeightsError(f"{path}: {len(unknown)} unexpected key(s) for an SVD single file: "
+                           f"{_names(unknown)}")
+    return state["unet"], state["vae"], state["clip"], ignored
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+def load_svd(path: str | Path, dtype: torch.dtype = torch.float32,
+             device: str | torch.device = "cpu", config: SVDConfig | None = None) -> SVD:
+    """Load U-Net, VAE and image encoder from a diffusers folder or a single safetensors file.
+
+    `config` only matters for the single file (it carries none): by default the released
+    configuration, with 25 frames when the file name says `xt`.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        unet, ucfg = _load_diffusers_component(path, "unet", "diffusion_pytorch_model",
+                                               unet_config_from_diffusers, UNet, dtype, device)
+        vae, vcfg = _load_diffusers_component(path, "vae", "diffusion_pytorch_model",
+                                              vae_config_from_diffusers, VAE, dtype, device)
+        clip, ccfg = _load_diffusers_component(path, "image_encoder", "model",
+                                               clip_config_from_transformers, CLIPVisionEncoder,
+                                               dtype, device)
+        return SVD(unet, vae, clip, SVDConfig(ucfg, vcfg, ccfg))
+    if config is None:
+        config = SVDConfig.img2vid_xt() if "xt" in path.name.lower() else SVDConfig()
+    with open_safetensors(path) as f:
+        unet_sd, vae_sd, clip_sd, _ = sgm_to_diffusers(f, path, config, dtype, device)
+    return SVD(_build(UNet, config.unet, unet_sd, f"{path} (U-Net)", device),
+               _build(VAE, config.vae, vae_sd, f"{path} (VAE)", device),
+               _build(CLIPVisionEncoder, config.clip, clip_sd, f"{path} (image encoder)", device),
+               config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m svd.weights",
+        description="Load SVD weights (diffusers folder or single svd*.safetensors file) strictly "
+                    "and print a summary; bad weights give one line of error and exit code 2.")
+    parser.add_argument("path", help="diffusers folder or single .safetensors file")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    args = parser.parse_args(argv)
+    try:
+        svd = load_svd(args.path, getattr(torch, args.dtype))
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name in ("unet", "vae", "clip"):
+        model = getattr(svd, name)
+        print(f"{name:5s} {sum(p.numel() for p in model.parameters()):>13,} parameters, "
+              f"{len(model.state_dict())} tensors, {args.dtype}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
