@@ -16,8 +16,13 @@ import argparse
 import gc
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from svd.clip import CLIPVisionEncoder
 from svd.config import CLIPConfig, UNetConfig, VAEConfig
 from svd.unet import UNet
@@ -47,7 +52,12 @@ def diffusers_models():
     clip_cfg = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
                                 num_attention_heads=16, image_size=224, patch_size=14,
                                 projection_dim=1024, hidden_act="gelu")
-    return (UNetSpatioTemporalConditionModel, AutoencoderKLTemporalDecoder,
+    def released_vae():
+        return AutoencoderKLTemporalDecoder(
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4)
+
+    return (UNetSpatioTemporalConditionModel, released_vae,
             lambda: CLIPVisionModelWithProjection(clip_cfg))
 
 
