@@ -33,26 +33,33 @@ from svd.weights import SVD, WeightsError, load_svd
 # Configuration: every knob, with the reference default
 # ---------------------------------------------------------------------------------------------
 
+def knob(default, help: str):
+    """A configuration field with its --help text (lists get a fresh default per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class EditConfig:
-    weights: str = ""                    # diffusers folder or single svd*.safetensors file
-    edited_frame: list[str] = field(default_factory=list)  # edited first frame(s)
-    plain_i2v: bool = False              # plain SVD image-to-video from the frame, no source video
-    out_dir: str = "runs"                # each run writes a timestamped folder here
-    num_frames: int = 14                 # frames per clip (SVD: 14, SVD-XT: 25)
-    height: int = 576                    # output size; multiples of 64
-    width: int = 1024
-    steps: int = 25                      # N, Euler steps over the Karras sigmas
-    min_guidance: float = 1.0            # per-frame linear CFG: first frame ...
-    max_guidance: float = 3.0            # ... last frame (diffusers' SVD default)
-    fps: int = 7                         # the U-Net sees fps - 1
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02     # pixel-space noise on the conditioning image
-    decode_chunk_size: int = 14          # frames decoded together (0: all)
-    unet_chunk_size: int = 0             # >0: split U-Net transformer work to save memory
-    seed: int = 23
-    dtype: str = "float32"               # float32 | bfloat16 | float16
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    weights: str = knob("", "diffusers folder or single svd*.safetensors file")
+    edited_frame: list[str] = knob([], "edited first frame(s), any image format PIL reads")
+    plain_i2v: bool = knob(False, "plain SVD image-to-video from the frame; no source video")
+    out_dir: str = knob("runs", "each run writes a timestamped folder here")
+    num_frames: int = knob(14, "frames per clip (SVD 14, SVD-XT 25)")
+    height: int = knob(576, "output height, a multiple of 64")
+    width: int = knob(1024, "output width, a multiple of 64")
+    steps: int = knob(25, "Euler steps N over the Karras sigmas")
+    min_guidance: float = knob(1.0, "classifier-free guidance of the first frame")
+    max_guidance: float = knob(3.0, "... rising linearly to this at the last frame")
+    fps: int = knob(7, "frame rate given to the model (it sees fps - 1) and of the mp4")
+    motion_bucket_id: int = knob(127, "SVD's motion conditioning")
+    noise_aug_strength: float = knob(0.02, "pixel noise on the conditioning image")
+    decode_chunk_size: int = knob(14, "frames decoded together; 0 = all (less memory when small)")
+    unet_chunk_size: int = knob(0, "frames per transformer call; 0 = all (less memory when small)")
+    seed: int = knob(23, "random seed")
+    dtype: str = knob("float32", "float32 | bfloat16 | float16")
+    device: str = knob("cuda" if torch.cuda.is_available() else "cpu", "cpu | cuda")
 
 
 def parse_config(argv: list[str] | None = None) -> EditConfig:
@@ -64,12 +71,14 @@ def parse_config(argv: list[str] | None = None) -> EditConfig:
     for f in fields(EditConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if callable(f.default_factory) else f.default
-        if f.type == "bool" or isinstance(default, bool):
-            parser.add_argument(flag, action="store_true")
+        shown = default not in ("", []) and not isinstance(default, bool)
+        help_text = f.metadata["help"] + (f" (default {default})" if shown else "")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
         elif isinstance(default, list):
-            parser.add_argument(flag, nargs="+", default=default)
+            parser.add_argument(flag, nargs="+", default=default, help=help_text, metavar="PATH")
         else:
-            parser.add_argument(flag, type=type(default), default=default)
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
     return EditConfig(**vars(parser.parse_args(argv)))
 
 
@@ -231,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--edited-frame is required")
         if not cfg.weights:
             raise InputError("--weights is required (diffusers folder or svd*.safetensors)")
+        if cfg.dtype not in ("float32", "bfloat16", "float16"):
+            raise InputError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype}")
         if cfg.height % 64 or cfg.width % 64:
             raise InputError(f"--height/--width must be multiples of 64, got {cfg.height}x{cfg.width}")
         images = [load_image(p, cfg.height, cfg.width) for p in cfg.edited_frame]

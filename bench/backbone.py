@@ -66,7 +66,7 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return diff, diff / b.float().abs().max().item()
 
 
-def parity(device: str, frames: int, latent: int) -> None:
+def parity(device: str, frames: int, latent: int, only: list[str]) -> None:
     DUNet, DVAE, DCLIP = diffusers_models()
     torch.manual_seed(0)
     sample = torch.randn(1, frames, 8, latent, latent)
@@ -90,6 +90,8 @@ def parity(device: str, frames: int, latent: int) -> None:
              lambda m: m(pixels.to(device, m_dtype(m))),
              lambda m: m(pixel_values=pixels.to(device, m_dtype(m))).image_embeds)]
     for name, ours_cls, cfg, theirs_cls, run_ours, run_theirs in jobs:
+        if name.split(".")[0] not in only:
+            continue
         theirs = theirs_cls()
         state = random_state(theirs, seed=len(name))
         theirs.load_state_dict(state)
@@ -160,10 +162,12 @@ if __name__ == "__main__":
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--latent", type=int, default=None, help="square latent size for --parity")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="+", default=["unet", "vae", "clip"],
+                        choices=["unet", "vae", "clip"], help="components for --parity")
     args = parser.parse_args()
     on_gpu = torch.cuda.is_available()
     if args.parity:
         parity("cuda" if on_gpu else "cpu", args.frames or (14 if on_gpu else 2),
-               args.latent or (72 if on_gpu else 32))
+               args.latent or (72 if on_gpu else 32), args.only)
     if args.speed:
         speed(args.frames or 14, args.repeats)

@@ -131,7 +131,8 @@ class VideoTransformer(nn.Module):
 
 class DownBlock(nn.Module):
     """One level of the encoder half: resnets (each followed by a transformer on attention
-    levels), then an optional stride-2 downsampler. Returns the output and the skips it pushed."""
+    levels), then an optional stride-2 downsampler. A container: `UNet.forward` walks it, so
+    every skip pushed is visible there."""
 
     def __init__(self, in_ch: int, out_ch: int, temb_ch: int, num_layers: int, heads: int,
                  context_dim: int, has_attention: bool, add_downsample: bool, eps: float):
@@ -147,7 +148,7 @@ class DownBlock(nn.Module):
 
 class UpBlock(nn.Module):
     """One level of the decoder half: each resnet first concatenates a skip (h first), then an
-    optional transformer; then an optional nearest-x2 upsampler."""
+    optional transformer; then an optional nearest-x2 upsampler. Walked by `UNet.forward`."""
 
     def __init__(self, in_chs: list[int], out_ch: int, temb_ch: int, heads: int,
                  context_dim: int, has_attention: bool, add_upsample: bool):

@@ -75,11 +75,24 @@ def open_safetensors(path: Path):
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def read_tensor(handle, key: str, path: Path) -> torch.Tensor:
-    try:
-        return handle.get_tensor(key)
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"{path}: tensor {key} is unreadable ({e})") from None
+def read_tensors(path: Path, keys: list[str] | None = None):
+    """Yield (key, tensor) for `keys` (default: all), one at a time, copied out of the file.
+
+    The file is re-opened for every tensor on purpose: safe_open memory-maps the whole file and
+    the pages a read touched stay mapped (and counted as resident) until the handle closes. One
+    handle per tensor keeps the peak near the size of the converted weights instead of the
+    converted weights plus the whole file (measured by bench/load_memory.py).
+    """
+    if keys is None:
+        with open_safetensors(path) as f:
+            keys = list(f.keys())
+    for key in keys:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                tensor = f.get_tensor(key)
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"{path}: tensor {key} is unreadable ({e})") from None
+        yield key, tensor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +198,7 @@ def _read_config(folder: Path) -> dict:
 
 
 def _read_file(path: Path, dtype, device) -> dict[str, torch.Tensor]:
-    with open_safetensors(path) as f:
-        return {k: read_tensor(f, k, path).to(device=device, dtype=dtype) for k in f.keys()}
+    return {k: t.to(device=device, dtype=dtype) for k, t in read_tensors(path)}
 
 
 def _load_diffusers_component(root: Path, sub: str, stem: str, parse, model_cls, dtype, device):
@@ -354,31 +366,33 @@ def single_file_rename(key: str, config: SVDConfig) -> tuple[str, str]:
     return "vae", vae_key(short, len(config.vae.block_out_channels))
 
 
-def sgm_to_diffusers(handle, path: Path, config: SVDConfig, dtype, device):
+def sgm_to_diffusers(path: Path, config: SVDConfig, dtype, device):
     """Read a single-file checkpoint into three diffusers-named state dicts (unet, vae, clip)
     and the list of keys skipped on purpose."""
+    with open_safetensors(path) as f:
+        keys = list(f.keys())
+    ignored = [k for k in keys if k.startswith(IGNORED_PREFIXES)]
+    skip = set(ignored)
+    unknown = []
+    for key in keys:
+        if key not in skip:
+            try:
+                single_file_rename(key, config)
+            except KeyError:
+                unknown.append(key)
+    if unknown:   # refuse before reading gigabytes
+        raise WeightsError(f"{path}: {len(unknown)} unexpected key(s) for an SVD single file: "
+                           f"{_names(unknown)}")
     state = {"unet": {}, "vae": {}, "clip": {}}
-    ignored, unknown = [], []
-    for key in handle.keys():
-        if key.startswith(IGNORED_PREFIXES):
-            ignored.append(key)
-            continue
-        try:
-            component, new = single_file_rename(key, config)
-        except KeyError:
-            unknown.append(key)
-            continue
-        tensor = read_tensor(handle, key, path)
+    for key, tensor in read_tensors(path, [k for k in keys if k not in skip]):
+        component, new = single_file_rename(key, config)
         if component == "clip":
             state["clip"].update((k, t.to(device=device, dtype=dtype))
                                  for k, t in clip_keys(new, tensor, config.clip.hidden_size))
             continue
         if component == "vae" and tensor.ndim == 4 and ".attentions.0.to_" in new:
-            tensor = tensor[:, :, 0, 0]                   # 1x1 conv in sgm, linear in diffusers
+            tensor = tensor[:, :, 0, 0].contiguous()      # 1x1 conv in sgm, linear in diffusers
         state[component][new] = tensor.to(device=device, dtype=dtype)
-    if unknown:
-        raise WeightsError(f"{path}: {len(unknown)} unexpected key(s) for an SVD single file: "
-                           f"{_names(unknown)}")
     return state["unet"], state["vae"], state["clip"], ignored
 
 
@@ -405,8 +419,7 @@ def load_svd(path: str | Path, dtype: torch.dtype = torch.float32,
         return SVD(unet, vae, clip, SVDConfig(ucfg, vcfg, ccfg))
     if config is None:
         config = SVDConfig.img2vid_xt() if "xt" in path.name.lower() else SVDConfig()
-    with open_safetensors(path) as f:
-        unet_sd, vae_sd, clip_sd, _ = sgm_to_diffusers(f, path, config, dtype, device)
+    unet_sd, vae_sd, clip_sd, _ = sgm_to_diffusers(path, config, dtype, device)
     return SVD(_build(UNet, config.unet, unet_sd, f"{path} (U-Net)", device),
                _build(VAE, config.vae, vae_sd, f"{path} (VAE)", device),
                _build(CLIPVisionEncoder, config.clip, clip_sd, f"{path} (image encoder)", device),
