@@ -66,7 +66,7 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return diff, diff / b.float().abs().max().item()
 
 
-def parity(device: str, frames: int, latent: int, only: list[str]) -> None:
+def parity(device: str, frames: int, latent: int, only: list[str], bf16: bool) -> None:
     DUNet, DVAE, DCLIP = diffusers_models()
     torch.manual_seed(0)
     sample = torch.randn(1, frames, 8, latent, latent)
@@ -107,6 +107,8 @@ def parity(device: str, frames: int, latent: int, only: list[str]) -> None:
             diff, rel = max_rel(run_ours(ours), ref)
             print(f"{name:11s} fp32  max abs diff {diff:.2e} (relative to max {rel:.2e}, "
                   f"reference std {ref.std():.3f})", flush=True)
+            if not bf16:
+                continue
             ours.to(torch.bfloat16)
             theirs.to(torch.bfloat16)
             a, b = run_ours(ours).float(), run_theirs(theirs).float()
@@ -164,10 +166,13 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", nargs="+", default=["unet", "vae", "clip"],
                         choices=["unet", "vae", "clip"], help="components for --parity")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="skip the bf16 comparison (bf16 convolutions are very slow on CPUs)")
     args = parser.parse_args()
     on_gpu = torch.cuda.is_available()
     if args.parity:
         parity("cuda" if on_gpu else "cpu", args.frames or (14 if on_gpu else 2),
-               args.latent or (72 if on_gpu else 32), args.only)
+               args.latent or (72 if on_gpu else 32), args.only,
+               not args.no_bf16)
     if args.speed:
         speed(args.frames or 14, args.repeats)

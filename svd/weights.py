@@ -81,7 +81,9 @@ def read_tensors(path: Path, keys: list[str] | None = None):
     The file is re-opened for every tensor on purpose: safe_open memory-maps the whole file and
     the pages a read touched stay mapped (and counted as resident) until the handle closes. One
     handle per tensor keeps the peak near the size of the converted weights instead of the
-    converted weights plus the whole file (measured by bench/load_memory.py).
+    converted weights plus the whole file (measured by bench/load_memory.py). A tensor read
+    here may still view the mapping; callers copy it (`.to(..., copy=True)`) so that no mapping
+    outlives its read.
     """
     if keys is None:
         with open_safetensors(path) as f:
@@ -198,7 +200,7 @@ def _read_config(folder: Path) -> dict:
 
 
 def _read_file(path: Path, dtype, device) -> dict[str, torch.Tensor]:
-    return {k: t.to(device=device, dtype=dtype) for k, t in read_tensors(path)}
+    return {k: t.to(device=device, dtype=dtype, copy=True) for k, t in read_tensors(path)}
 
 
 def _load_diffusers_component(root: Path, sub: str, stem: str, parse, model_cls, dtype, device):
@@ -387,12 +389,12 @@ def sgm_to_diffusers(path: Path, config: SVDConfig, dtype, device):
     for key, tensor in read_tensors(path, [k for k in keys if k not in skip]):
         component, new = single_file_rename(key, config)
         if component == "clip":
-            state["clip"].update((k, t.to(device=device, dtype=dtype))
+            state["clip"].update((k, t.to(device=device, dtype=dtype, copy=True))
                                  for k, t in clip_keys(new, tensor, config.clip.hidden_size))
             continue
         if component == "vae" and tensor.ndim == 4 and ".attentions.0.to_" in new:
             tensor = tensor[:, :, 0, 0].contiguous()      # 1x1 conv in sgm, linear in diffusers
-        state[component][new] = tensor.to(device=device, dtype=dtype)
+        state[component][new] = tensor.to(device=device, dtype=dtype, copy=True)
     return state["unet"], state["vae"], state["clip"], ignored
 
 
