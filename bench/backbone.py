@@ -14,13 +14,11 @@ Needs diffusers and transformers (test requirements).
 
 import argparse
 import gc
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import torch
-
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from svd.clip import CLIPVisionEncoder

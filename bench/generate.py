@@ -10,17 +10,15 @@ pipelines get the same state dicts. The diffusers pipeline decodes all frames at
 
 import argparse
 import gc
-import time
-
-import numpy as np
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from bench.backbone import random_state
 from edit import generate_video
 from svd.clip import CLIPVisionEncoder
@@ -36,21 +34,28 @@ def build_both(dtype, device):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     cfg = SVDConfig()
-    theirs = {"unet": UNetSpatioTemporalConditionModel(), "vae": AutoencoderKLTemporalDecoder(
-                  block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                  down_block_types=("DownEncoderBlock2D",) * 4),
-              "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(
-                  hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                  num_attention_heads=16, image_size=224, patch_size=14, projection_dim=1024,
-                  hidden_act="gelu"))}
-    ours = {"unet": UNet(cfg.unet), "vae": VAE(cfg.vae), "image_encoder": CLIPVisionEncoder(cfg.clip)}
-    for i, name in enumerate(theirs):
+    builders = {
+        "unet": (UNetSpatioTemporalConditionModel, lambda: UNet(cfg.unet)),
+        "vae": (lambda: AutoencoderKLTemporalDecoder(
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4), lambda: VAE(cfg.vae)),
+        "image_encoder": (lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+            image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")),
+            lambda: CLIPVisionEncoder(cfg.clip)),
+    }
+    theirs, ours = {}, {}
+    for i, (name, (build_theirs, build_ours)) in enumerate(builders.items()):
+        # One component at a time, cast right away: host memory stays near one fp32 copy.
+        theirs[name] = build_theirs()
         state = random_state(theirs[name], seed=i)
         theirs[name].load_state_dict(state)
+        theirs[name].to(device, dtype).eval().requires_grad_(False)
+        ours[name] = build_ours()
         ours[name].load_state_dict(state, strict=True)
+        ours[name].to(device, dtype).eval().requires_grad_(False)
         del state
-    for m in (*theirs.values(), *ours.values()):
-        m.to(device, dtype).eval().requires_grad_(False)
+        gc.collect()
     scheduler = EulerDiscreteScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="v_prediction", interpolation_type="linear", use_karras_sigmas=True,
