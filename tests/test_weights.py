@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
-from svd.weights import (IGNORED_PREFIXES, WeightsError, clip_keys, load_svd,
-                         single_file_rename)
+from svd.single_file import IGNORED_PREFIXES, clip_keys, single_file_rename
+from svd.weights import WeightsError, load_svd
 from tests.helpers import DATA, save_oracle_folder
 
 ROOT = Path(__file__).resolve().parents[1]
