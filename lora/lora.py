@@ -32,7 +32,7 @@ cloneofsimo/lora `LoraInjectedLinear` (used by I2VEdit; init, names, formula); p
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,7 +81,8 @@ class LoRALinear(nn.Module):
         return y + self.scale * self.lora_up(self.lora_down(self.dropout(a))).to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, rank={self.rank}, scale={self.scale}"
+        out_features, in_features = self.weight.shape
+        return f"in={in_features}, out={out_features}, rank={self.rank}, scale={self.scale}"
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
@@ -101,7 +102,11 @@ def _names(keys, limit: int = 4) -> str:
 
 def add_lora(model: nn.Module, where: Callable[[str, nn.Linear], bool], rank: int,
              dropout: float = 0.0) -> list[str]:
-    """Wrap every nn.Linear for which `where(name, module)` holds; return the adapted names."""
+    """Wrap every nn.Linear for which `where(name, module)` holds; return the adapted names.
+
+    The base weights keep their requires_grad: freezing them is the training loop's choice."""
+    if not (isinstance(rank, int) and rank > 0):
+        raise LoRAError(f"add_lora: rank must be a positive int, got {rank!r}")
     if existing := lora_layers(model):
         raise LoRAError(f"model already has {len(existing)} LoRA layers "
                         f"({_names(existing, 2)}); merge_lora or remove_lora first")
@@ -128,7 +133,9 @@ def set_lora_scale(model: nn.Module, scale: float) -> None:
 
 
 def lora_state_dict(model: nn.Module, prefix: str = "unet.") -> dict[str, torch.Tensor]:
-    """Adapter weights only, in diffusers/peft naming: `<prefix><path>.lora_A/B.weight`."""
+    """Adapter weights only, in diffusers/peft naming: `<prefix><path>.lora_A/B.weight`.
+
+    The values are detached views of the Parameters (no copy)."""
     state = {}
     for name, m in lora_layers(model).items():
         state[f"{prefix}{name}.lora_A.weight"] = m.lora_down.weight.detach()
@@ -138,7 +145,7 @@ def lora_state_dict(model: nn.Module, prefix: str = "unet.") -> dict[str, torch.
 
 def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor],
                          prefix: str = "unet.") -> None:
-    """Copy `state` into the model's adapters. Strict: every key present, none extra, shapes equal."""
+    """Copy `state` into the model's adapters. Strict: all keys present, none extra, same shapes."""
     expected = lora_state_dict(model, prefix)
     if not expected:
         raise LoRAError("the model has no LoRA layers: call add_lora first")
@@ -161,9 +168,10 @@ def merge_lora(model: nn.Module) -> list[str]:
     The merged weight is a new Parameter (the adopted one is not modified in place)."""
     merged = []
     for name, m in lora_layers(model).items():
+        dtype = torch.promote_types(m.weight.dtype, torch.float32)   # fold half weights in fp32
         with torch.no_grad():
-            delta = m.lora_up.weight.float() @ m.lora_down.weight.float()   # (out, r) @ (r, in)
-            weight = (m.weight.float() + m.scale * delta).to(m.weight.dtype)
+            delta = m.lora_up.weight.to(dtype) @ m.lora_down.weight.to(dtype)  # (out, r) @ (r, in)
+            weight = (m.weight.to(dtype) + m.scale * delta).to(m.weight.dtype)
         _replace(model, name, _plain_linear(nn.Parameter(weight, m.weight.requires_grad), m.bias))
         merged.append(name)
     return merged
@@ -196,6 +204,8 @@ def save_lora(path: str | Path, model: nn.Module, metadata: dict[str, str] | Non
     write leaves any previous file intact."""
     path = Path(path)
     layers = lora_layers(model)
+    if not layers:
+        raise LoRAError("save_lora: the model has no LoRA layers")
     ranks = {m.rank for m in layers.values()}
     if len(ranks) != 1:
         raise LoRAError(f"save_lora needs one rank for all layers, found {sorted(ranks)}")
@@ -213,15 +223,15 @@ def save_lora(path: str | Path, model: nn.Module, metadata: dict[str, str] | Non
         raise LoRAError(f"metadata must map str to str; not so for {_names(map(str, bad))}")
     state = {k: v.to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # A unique name beside the target (same file system, so os.replace is an atomic rename).
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         safetensors.torch.save_file(state, tmp, metadata={**ours, **extra})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())              # the data is on disk before the rename publishes it
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -243,10 +253,10 @@ def load_lora(path: str | Path, model: nn.Module, expected_base_model: str | Non
             raise LoRAError(f"{path}: trained on base model {metadata.get('base_model')!r}, "
                             f"expected {expected_base_model!r}")
         state = {k: f.get_tensor(k) for k in f.keys()}
-    try:
-        load_lora_state_dict(model, state)
-    except LoRAError as e:
-        raise LoRAError(f"{path}: {e}") from None
+        try:
+            load_lora_state_dict(model, state)
+        except LoRAError as e:
+            raise LoRAError(f"{path}: {e}") from None
     return metadata
 
 
@@ -273,17 +283,17 @@ def export_single_file(state: dict[str, torch.Tensor], rename: Callable[[str], s
 
     `rename` maps a module path of ours (no prefix) to the target path, e.g.
     "diffusion_model.input_blocks.1.1.time_stack.0.attn1.to_q"; it belongs to the backbone."""
+    suffixes = {".lora_A.weight": "lora_down", ".lora_B.weight": "lora_up"}
     out = {}
     for key, tensor in state.items():
-        body = key.removeprefix(prefix)
-        if not key.startswith(prefix) or not body.endswith((".lora_A.weight", ".lora_B.weight")):
+        suffix = next((s for s in suffixes if key.endswith(s)), None)
+        if not key.startswith(prefix) or suffix is None:
             raise LoRAError(f"export_single_file: unexpected key {key}")
-        path, kind = body[: -len(".lora_A.weight")], body[-len("A.weight")]
-        target = rename(path)
-        name = f"{target}.lora_down.weight" if kind == "A" else f"{target}.lora_up.weight"
+        target = rename(key[len(prefix): -len(suffix)])
+        name = f"{target}.{suffixes[suffix]}.weight"
         if name in out:
             raise LoRAError(f"export_single_file: rename maps two layers to {target}")
         out[name] = tensor
-        if kind == "A":
+        if suffixes[suffix] == "lora_down":                 # (r, in): the rank is its first dim
             out[f"{target}.alpha"] = torch.tensor(float(tensor.shape[0]))
     return out
