@@ -73,3 +73,18 @@ def test_chunked_transformer_work_equals_unchunked():
         chunked = unet(sample, 0.3, context, ids)
     # Same arithmetic on smaller batches; BLAS may order sums differently, hence not bit-exact.
     assert (full - chunked).abs().max() <= 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    unet = randomize_(UNet(UNetConfig.tiny()), seed=4)
+    sample, context = torch.randn(1, 3, 8, 16, 16), torch.randn(1, 1, 32)
+    ids = torch.tensor([[6.0, 127.0, 0.02]])
+    grads = []
+    for checkpointing in (False, True):
+        unet.zero_grad()
+        unet.gradient_checkpointing = checkpointing
+        unet(sample, 0.3, context, ids).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in unet.parameters()]))
+    assert grads[0].abs().max() > 0
+    assert (grads[0] - grads[1]).abs().max() <= 1e-6 * grads[0].abs().max()
