@@ -61,9 +61,9 @@ def invert_exact(denoise, x0: torch.Tensor, sigmas: torch.Tensor, iterations: in
     contracts when D is a smoothing map (eigenvalues of dD/dx in [0, 1], true of the optimal
     denoiser of a Gaussian), is fastest at high noise (r small) and at low noise (D close to
     the identity) and slowest at sigma near the data scale: at worst a factor 0.39 per
-    iteration for the Gaussian of unit variance at 25 steps, 0.73 at 10 steps, 0.21 at 50. Isolating x_s the other way,
-    x_s = (x_{s+1} - r D(x_s)) / (1 - r), would have factor r / (1 - r), above 1 on the last
-    Karras steps; hence this form.
+    iteration for the Gaussian of unit variance at 25 steps, 0.73 at 10 steps, 0.21 at 50.
+    Isolating x_s the other way, x_s = (x_{s+1} - r D(x_s)) / (1 - r), would have factor
+    r / (1 - r), above 1 on the last Karras steps; hence this form.
 
     The last step has sigma_N = 0, where the sampler returns x_N = D(x_{N-1}, sigma_{N-1}); the
     same update then reads x_{N-1} <- x_N + (x_{N-1} - D(x_{N-1}, sigma_{N-1})) (r = 1), which

@@ -58,7 +58,7 @@ def svd_scheduler(steps):
     return scheduler
 
 
-# --- schedule and preconditioning ---------------------------------------------------------------
+# --- schedule and preconditioning -----------------------------------------------------------------
 
 def test_karras_schedule_matches_spec_and_diffusers():
     sigmas = karras_sigmas(25)
@@ -90,8 +90,9 @@ def test_preconditioning_values():
 def test_preconditioning_is_the_v_parameterisation():
     # With alpha = 1/sqrt(1 + sigma^2) and sigma_vp = sigma/sqrt(1 + sigma^2), the network sees
     # z = alpha x0 + sigma_vp eps and is trained towards v = alpha eps - sigma_vp x0.
-    # Float64 data: x0 - c_skip x cancels badly at sigma = 700 in float32; the coefficients
-    # themselves are float32 (relative error ~6e-8).
+    # Float64 data, float32 coefficients (relative error ~6e-8): at sigma = 0.002 the v-target
+    # x0 - c_skip x cancels to ~sigma and the rounding of c_skip is divided by c_out ~ sigma,
+    # hence 1e-4 on v.
     g = torch.Generator().manual_seed(0)
     x0, eps = (torch.randn(1000, generator=g, dtype=torch.float64) for _ in range(2))
     for sigma in (0.002, 0.3, 1.0, 17.0, 700.0):
@@ -100,7 +101,7 @@ def test_preconditioning_is_the_v_parameterisation():
         x = x0 + sigma * eps
         torch.testing.assert_close(c_in * x, alpha * x0 + sigma_vp * eps, rtol=1e-6, atol=1e-6)
         v_target = (x0 - c_skip * x) / c_out              # the F for which D(x) = x0
-        torch.testing.assert_close(v_target, alpha * eps - sigma_vp * x0, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(v_target, alpha * eps - sigma_vp * x0, rtol=1e-4, atol=1e-4)
 
 
 def test_loss_weight_makes_x0_loss_the_v_loss():
@@ -116,7 +117,7 @@ def test_loss_weight_makes_x0_loss_the_v_loss():
         torch.testing.assert_close(weighted, v_loss, rtol=1e-6, atol=1e-8)
 
 
-# --- Euler sampler ---------------------------------------------------------------------------------
+# --- Euler sampler --------------------------------------------------------------------------------
 
 def test_euler_sampler_matches_diffusers_step():
     """Every step of our sampler equals scheduler.step on the same v-prediction network output."""
@@ -154,7 +155,7 @@ def test_last_euler_step_returns_denoised():
     torch.testing.assert_close(step, x0_hat, rtol=1e-6, atol=1e-6)    # up to float32 rounding
 
 
-# --- inversion ----------------------------------------------------------------------------------------
+# --- inversion ------------------------------------------------------------------------------------
 
 def test_inversion_sigmas_continue_geometrically():
     sigmas = karras_sigmas(25)
@@ -162,7 +163,7 @@ def test_inversion_sigmas_continue_geometrically():
     assert torch.equal(inv[:-1], sigmas[:-1])
     assert math.isclose(inv[-1].item(), (sigmas[-2] ** 2 / sigmas[-3]).item(), rel_tol=1e-6)
     assert math.isclose(inv[-1].item(), 5.07e-4, rel_tol=1e-3)   # i2vedit-reference.md §3.1
-    assert sigmas[-1] == 0                                        # the sampling schedule is untouched
+    assert sigmas[-1] == 0                     # the sampling schedule is untouched
 
 
 def test_inverters_pass_sampling_step_indices():
@@ -220,11 +221,11 @@ def test_exact_inversion_stops_early():
     assert calls[0] < 25 * 11              # converged steps (high and low noise) stop early
 
 
-# --- training noise -----------------------------------------------------------------------------------
+# --- training noise -------------------------------------------------------------------------------
 
 def test_training_sigma_formula():
     # Ends are exact by construction; interior values are the quantiles quoted in
-    # i2vedit-reference.md §2.4 (the q-quantile of sigma sits at u = 1 - q since sigma falls with u).
+    # i2vedit-reference.md §2.4 (the q-quantile of sigma sits at u = 1 - q: sigma falls with u).
     sigma = training_sigma(torch.tensor([0.0, 1.0]))
     assert math.isclose(sigma[0].item(), 700.0, rel_tol=1e-6)
     assert math.isclose(sigma[1].item(), 0.002, rel_tol=1e-6)
