@@ -1,30 +1,50 @@
 """I2VEdit on Stable Video Diffusion: propagate an edited first frame through a video.
 
-This file will read top to bottom as the method (record the source by EDM inversion, train the
-motion LoRA, edit with attention matching). What is here today is the part everything else stands
-on: SVD's denoiser and plain image-to-video generation, matching diffusers'
-`StableVideoDiffusionPipeline` (tests/test_generate.py).
+The method (arXiv 2405.16537; shared/docs/i2vedit.md), top to bottom in this file:
 
-    python edit.py --plain-i2v --edited-frame frame.png --weights path/to/svd   # image -> video
+1. Sample the source video and cut it into clips of F frames sharing `overlap` frames.
+2. Record the source (`record_source`): smooth-area random perturbation (SARP), then EDM
+   inversion of each clip with the base model, conditioned on the clip's own first frame, while
+   the attention it computes is kept (or only the latents, to recompute it later).
+3. Motion LoRA per clip (`--lora` files from train.py, or `--train` here).
+4. Appearance refinement (`edit_clip`): Euler sampling from the inverted latent, conditioned on
+   the edited first frame, LoRA on, with spatial attention matching and the temporal attention
+   selector on the conditional branch; later clips join clip 0's temporal K/V (skip-interval)
+   and start from the previous clip's last edited frame.
+
+    python edit.py --video in.mp4 --edited-frame edit.png --lora clip0.safetensors --weights W
+    python edit.py --video in.mp4 --edited-frame edit.png --train --weights W
+    python edit.py --plain-i2v --edited-frame frame.png --weights W     # SVD image-to-video
 
 Weights: a diffusers folder (`stable-video-diffusion-img2vid[-xt]`, fp32 or fp16 variant) or a
-single `svd.safetensors` / `svd_xt.safetensors` file (svd/weights.py).
+single `svd.safetensors` / `svd_xt.safetensors` file (svd/weights.py); without --weights, the
+Hugging Face cache folder is searched (no hub library needed).
 """
 
 import argparse
+import contextlib
+import enum
+import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from edm import karras_sigmas, sample_euler, v_preconditioning
+from attention import (Branch, DiskStore, MemoryStore, RecordSourceAttention, SkipIntervalKV,
+                       SpatialAttentionMatching, StepState, TemporalAttentionInjection,
+                       attention_layers, installed, plain_attention)
+from edm import invert_euler, karras_sigmas, sample_euler, v_preconditioning
+from lora import (LoRAError, add_lora, is_temporal_transformer_linear, load_lora,
+                  load_lora_state_dict, lora_layers, lora_state_dict, read_lora_metadata)
 from svd.conditioning import Conditions, encode_conditions, zero_conditions
 from svd.weights import SVD, WeightsError, load_svd
 
@@ -40,21 +60,60 @@ def knob(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+class SourceAttention(enum.Enum):
+    RECOMPUTE = "recompute"   # keep the inversion's latents; rerun the base model each step
+    MEMORY = "memory"         # keep every step's recorded q/k/probabilities in memory
+    DISK = "disk"             # ... in files under the run folder (the reference's way)
+
+
 @dataclass
 class EditConfig:
-    weights: str = knob("", "diffusers folder or single svd*.safetensors file")
-    edited_frame: list[str] = knob([], "edited first frame(s), any image format PIL reads")
-    plain_i2v: bool = knob(False, "plain SVD image-to-video from the frame; no source video")
+    # inputs and outputs
+    video: str = knob("", "source video (any container/codec PyAV reads)")
+    edited_frame: list[str] = knob([], "edited first frame(s) of the video; one edit per image")
+    lora: list[str] = knob([], "motion LoRA per clip from train.py, in clip order")
+    train: bool = knob(False, "train each clip's motion LoRA first (instead of --lora)")
+    weights: str = knob("", "diffusers folder or svd*.safetensors (default: Hugging Face cache)")
+    plain_i2v: bool = knob(False, "plain SVD image-to-video from --edited-frame; no video")
     out_dir: str = knob("runs", "each run writes a timestamped folder here")
-    num_frames: int = knob(14, "frames per clip (SVD 14, SVD-XT 25)")
-    height: int = knob(576, "output height, a multiple of 64")
-    width: int = knob(1024, "output width, a multiple of 64")
-    steps: int = knob(25, "Euler steps N over the Karras sigmas")
+    # the source video and its clips (i2vedit.md §0-§1)
+    sample_fps: float = knob(2.5, "frames per second taken from the video (reference 2.5)")
+    start_t: float = knob(0.0, "first second of the video used")
+    end_t: float = knob(0.0, "last second used; 0 = to the end")
+    num_frames: int = knob(14, "frames per clip F (SVD 14, SVD-XT 25)")
+    overlap: int = knob(1, "frames shared by consecutive clips (the next clip starts there)")
+    max_clips: int = knob(0, "edit at most this many clips; 0 = all")
+    height: int = knob(576, "working height (latent must divide by the U-Net's 2^levels)")
+    width: int = knob(1024, "working width")
+    # sampling (i2vedit.md §4)
+    steps: int = knob(25, "Euler steps N over the Karras sigmas, inversion and editing")
     min_guidance: float = knob(1.0, "classifier-free guidance of the first frame")
-    max_guidance: float = knob(3.0, "... rising linearly to this at the last frame")
-    fps: int = knob(7, "frame rate given to the model (it sees fps - 1) and of the mp4")
+    max_guidance: float = knob(2.0, "... rising linearly to this at the last frame (ref. 2.0)")
+    fps: int = knob(7, "frame rate id given to the model (it sees fps - 1), all phases")
     motion_bucket_id: int = knob(127, "SVD's motion conditioning")
     noise_aug_strength: float = knob(0.02, "pixel noise on the conditioning image")
+    lora_scale: float = knob(1.0, "motion LoRA scale while editing")
+    # appearance refinement (i2vedit.md §4.1-§4.4)
+    beta1: float = knob(0.5, "temporal selector: source everywhere before int(beta1 N); "
+                             "presets: local 0.5/0.8, style 0.8/0.9, big shape change 0.4/0.5")
+    beta2: float = knob(0.8, "temporal selector: own everywhere from int(beta2 N)")
+    coarse_up: int = knob(2, "up-group temporal layers kept from the source in the middle stage "
+                             "(reference 2; 3 = all layers at 1/4 scale)")
+    mask_threshold_first: float = knob(0.35, "difference-mask threshold tau at the first frame")
+    mask_threshold_last: float = knob(0.35, "... rising linearly to this at the last frame")
+    no_spatial_matching: bool = knob(False, "ablation: spatial self-attention left alone")
+    no_temporal_selector: bool = knob(False, "ablation: temporal self-attention left alone")
+    no_skip_interval: bool = knob(False, "ablation: later clips do not attend to clip 0")
+    no_sarp: bool = knob(False, "ablation: no smooth-area random perturbation")
+    sarp_threshold: float = knob(1e-3, "SARP: Sobel gradient at or below which a pixel is flat")
+    sarp_noise_scale: float = knob(5e-3, "SARP: std of the noise added to flat pixels")
+    source_attention: str = knob("recompute", "recompute | memory | disk: where the source "
+                                              "attention comes from (same result)")
+    save_masks: bool = knob(False, "write pictures of the spatial difference masks per step")
+    # motion LoRA training with --train (train.py has the full set)
+    train_steps: int = knob(250, "LoRA training steps per clip with --train")
+    lora_rank: int = knob(32, "LoRA rank with --train")
+    # runtime
     decode_chunk_size: int = knob(14, "frames decoded together; 0 = all (less memory when small)")
     unet_chunk_size: int = knob(0, "frames per transformer call; 0 = all (less memory when small)")
     seed: int = knob(23, "random seed")
@@ -62,13 +121,11 @@ class EditConfig:
     device: str = knob("cuda" if torch.cuda.is_available() else "cpu", "cpu | cuda")
 
 
-def parse_config(argv: list[str] | None = None) -> EditConfig:
-    """argparse flags generated from EditConfig: `--field-name value`, bools as switches."""
-    parser = argparse.ArgumentParser(
-        prog="python edit.py", description=__doc__.split("\n\n")[0],
-        epilog="Weights are never downloaded: pass --weights with a diffusers folder "
-               "(stabilityai/stable-video-diffusion-img2vid[-xt]) or a single svd*.safetensors.")
-    for f in fields(EditConfig):
+def build_parser(config_cls, prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """argparse flags generated from a config dataclass: `--field-name value`, bools as
+    switches, lists as one or more values."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    for f in fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if callable(f.default_factory) else f.default
         shown = default not in ("", []) and not isinstance(default, bool)
@@ -79,6 +136,15 @@ def parse_config(argv: list[str] | None = None) -> EditConfig:
             parser.add_argument(flag, nargs="+", default=default, help=help_text, metavar="PATH")
         else:
             parser.add_argument(flag, type=type(default), default=default, help=help_text)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> EditConfig:
+    parser = build_parser(
+        EditConfig, "python edit.py", __doc__.split("\n\n")[0],
+        "Weights are never downloaded: pass --weights with a diffusers folder "
+        "(stabilityai/stable-video-diffusion-img2vid[-xt]) or a single svd*.safetensors, or "
+        "have them in the Hugging Face cache.")
     return EditConfig(**vars(parser.parse_args(argv)))
 
 
@@ -154,6 +220,238 @@ def generate_video(svd: SVD, image: torch.Tensor, num_frames: int = 14, steps: i
     return decode_latents(svd, latents, decode_chunk_size)[0]
 
 
+@torch.no_grad()
+def encode_video(svd: SVD, frames: torch.Tensor) -> torch.Tensor:
+    """frames (F, 3, H, W) in [-1, 1] -> diffusion latents (1, F, 4, h, w) float32: the VAE
+    posterior mean times the scaling factor (0.18215 for SVD)."""
+    dtype = next(svd.vae.parameters()).dtype
+    latents = svd.vae.encode(frames.to(dtype)).float() * svd.config.vae.scaling_factor
+    return latents[None]
+
+
+@contextlib.contextmanager
+def lora_scale(unet, scale: float):
+    """Set every LoRA layer's scale inside the block (no-op without adapters); restore after."""
+    layers = lora_layers(unet).values()
+    previous = [m.scale for m in layers]
+    for m in layers:
+        m.scale = scale
+    try:
+        yield
+    finally:
+        for m, s in zip(layers, previous):
+            m.scale = s
+
+
+def base_model_id(svd: SVD) -> str:
+    """A fingerprint of the U-Net a LoRA was trained on: architecture plus a statistic of two
+    weights. The mean |w| over thousands of values survives loading in fp32, fp16 or bf16 to
+    the printed digits, and differs between different trainings (svd vs svd-xt)."""
+    unet = svd.unet
+    arch = hashlib.sha256(repr(unet.config).encode()).hexdigest()[:12]
+    stats = [float(unet.conv_in.weight.float().abs().mean()),
+             float(unet.conv_out.weight.float().abs().mean())]
+    return f"svd-unet-{arch}-" + "-".join(f"{s:.3e}" for s in stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Smooth-area random perturbation (SARP), i2vedit.md §5
+# ---------------------------------------------------------------------------------------------
+
+def perturb_smooth_areas(frames: torch.Tensor, threshold: float = 1e-3,
+                         noise_scale: float = 5e-3, generator: torch.Generator | None = None
+                         ) -> torch.Tensor:
+    """Smooth-area random perturbation (SARP): frames (F, 3, H, W) in [-1, 1] -> same.
+
+    Where the Sobel gradient magnitude g = mean over RGB of |S_x| + |S_y| (3x3, zero padding)
+    is <= threshold, add noise_scale * N(0, 1) to every channel, then clamp. Why: SVD never saw
+    noise-free flat areas in training, and deterministic inversion of them gives latents far from
+    Gaussian (the paper's Anderson-Darling statistic: 2785 without SARP, 91 with)."""
+    sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    kernels = torch.stack([sobel_x, sobel_x.T])[:, None].to(frames)           # (2, 1, 3, 3)
+    F_, C, H, W = frames.shape
+    grads = F.conv2d(frames.reshape(F_ * C, 1, H, W), kernels, padding=1)      # (F*C, 2, H, W)
+    g = grads.abs().sum(1).reshape(F_, C, H, W).mean(1, keepdim=True)          # (F, 1, H, W)
+    noise = torch.randn(frames.shape, generator=generator, device=frames.device)
+    return (frames + noise_scale * noise * (g <= threshold)).clamp(-1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2a: record the source by EDM inversion (base model, no guidance)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SourceRecord:
+    """What editing needs of one source clip."""
+
+    clip: int
+    inverted: torch.Tensor      # (1, F, 4, h, w): the latent at sigma_0 editing starts from
+    cond: Conditions            # the inversion's conditions (the clip's own first frame)
+    trajectory: dict            # RECOMPUTE: step s -> (x, sigma) the U-Net saw at step s
+    store: object               # recorded attention (MEMORY/DISK); one step's (RECOMPUTE)
+    mode: SourceAttention
+
+
+def source_processors(unet, store, source_kv, state: StepState, record: bool) -> dict:
+    """Processors of a source pass: recorders on every self-attention (if `record`), and on
+    temporal self-attention the skip-interval K/V (if `source_kv`: clip 0 records, later clips
+    join). The same dict serves the inversion and its per-step recomputation, so the two
+    compute the same records."""
+    procs = {}
+    for name, layer in attention_layers(unet).items():
+        if not layer.self_attention:
+            continue
+        proc = RecordSourceAttention(store, state, layer) if record else None
+        if layer.temporal and source_kv is not None:
+            proc = SkipIntervalKV(source_kv, state, inner=proc or plain_attention)
+        if proc is not None:
+            procs[name] = proc
+    return procs
+
+
+@torch.no_grad()
+def record_source(svd: SVD, frames: torch.Tensor, clip: int, state: StepState, cfg: EditConfig,
+                  source_kv=None, generator: torch.Generator | None = None,
+                  disk_root: Path | None = None) -> SourceRecord:
+    """frames (F, 3, H, W) in [-1, 1] of clip `clip` -> its SourceRecord.
+
+    SARP, VAE encoding, then Euler inversion over the editing schedule with the LoRA off and the
+    clip's own (perturbed) first frame as conditioning. Inversion step s evaluates the U-Net at
+    sigma_{s+1} (edm/invert.py), and what it records is keyed by s: editing step s reads it."""
+    if not cfg.no_sarp:
+        frames = perturb_smooth_areas(frames, cfg.sarp_threshold, cfg.sarp_noise_scale, generator)
+    latents = encode_video(svd, frames)                                     # (1, F, 4, h, w)
+    cond = encode_conditions(svd.clip, svd.vae, frames[:1], cfg.fps, cfg.motion_bucket_id,
+                             cfg.noise_aug_strength, generator)
+    mode = SourceAttention(cfg.source_attention)
+    store = DiskStore(disk_root) if mode is SourceAttention.DISK else MemoryStore()
+    procs = source_processors(svd.unet, store, source_kv, state,
+                              record=mode is not SourceAttention.RECOMPUTE)
+    trajectory = {}
+
+    def denoise(x, sigma, step):
+        state.clip, state.step, state.branch = clip, step, Branch.SOURCE   # the only writer here
+        if mode is SourceAttention.RECOMPUTE:
+            trajectory[step] = (x.clone(), sigma)
+        return v_denoise(svd.unet, x, sigma, cond)
+
+    sigmas = karras_sigmas(cfg.steps).to(latents.device)
+    with lora_scale(svd.unet, 0.0), installed(svd.unet, procs):
+        inverted = invert_euler(denoise, latents, sigmas, progress=True)
+    # invert_euler returns the latent at sigma_0 itself: the reference divides it by
+    # sqrt(sigma_0^2 + 1) and its pipeline multiplies that back, so we start from it as is.
+    return SourceRecord(clip, inverted, cond, trajectory, store, mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2b: appearance refinement (edit one clip)
+# ---------------------------------------------------------------------------------------------
+
+def edit_processors(unet, source: SourceRecord, edit_kv, state: StepState, cfg: EditConfig,
+                    num_frames: int, masks=None) -> tuple[dict, dict]:
+    """(unconditional, conditional) processors of an edit. The method acts on the conditional
+    branch only; skip-interval K/V (if `edit_kv`) act on both, each with its own branch's K/V."""
+    uncond, cond = {}, {}
+    thresholds = (cfg.mask_threshold_first, cfg.mask_threshold_last)
+    for name, layer in attention_layers(unet).items():
+        if not layer.self_attention:
+            continue
+        if layer.spatial and not cfg.no_spatial_matching:
+            cond[name] = SpatialAttentionMatching(source.store, state, num_frames, thresholds,
+                                                  masks=masks)
+        if layer.temporal:
+            inner = plain_attention
+            if not cfg.no_temporal_selector:
+                inner = TemporalAttentionInjection(source.store, state, layer, cfg.steps,
+                                                   cfg.beta1, cfg.beta2, cfg.coarse_up)
+            if edit_kv is not None:
+                uncond[name] = SkipIntervalKV(edit_kv, state)
+                cond[name] = SkipIntervalKV(edit_kv, state, inner=inner)
+            elif inner is not plain_attention:
+                cond[name] = inner
+    return uncond, cond
+
+
+@torch.no_grad()
+def edit_clip(svd: SVD, source: SourceRecord, image: torch.Tensor, state: StepState,
+              cfg: EditConfig, source_kv=None, edit_kv=None, masks=None,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample the edit of one clip: image (1, 3, H, W) in [-1, 1] (the edited first frame, or
+    the previous clip's last edited frame) -> latents (1, F, 4, h, w).
+
+    Starts from the clip's inverted latent, LoRA at cfg.lora_scale, per-frame linear guidance.
+    With SourceAttention.RECOMPUTE, each step first reruns the base model on the source latent
+    the inversion saw for that step (a third U-Net call), which records this step's source
+    attention afresh instead of keeping all steps."""
+    unet = svd.unet
+    num_frames = source.inverted.shape[1]
+    cond = encode_conditions(svd.clip, svd.vae, image, cfg.fps, cfg.motion_bucket_id,
+                             cfg.noise_aug_strength, generator)
+    uncond = zero_conditions(cond)
+    guidance = frame_guidance(num_frames, cfg.min_guidance, cfg.max_guidance).to(image.device)
+    uncond_procs, cond_procs = edit_processors(unet, source, edit_kv, state, cfg, num_frames,
+                                               masks)
+    needs_source = not (cfg.no_spatial_matching and cfg.no_temporal_selector)
+    recompute = needs_source and source.mode is SourceAttention.RECOMPUTE
+    record_procs = source_processors(unet, source.store, source_kv, state, record=True)
+
+    def denoise(x, sigma, step):
+        state.clip, state.step = source.clip, step       # the only writer of the step state
+        if recompute:
+            state.branch = Branch.SOURCE
+            source.store.clear()
+            x_source, sigma_source = source.trajectory[step]
+            with lora_scale(unet, 0.0), installed(unet, record_procs):
+                v_denoise(unet, x_source, sigma_source, source.cond)
+        state.branch = Branch.UNCOND
+        with installed(unet, uncond_procs):
+            x0_uncond = v_denoise(unet, x, sigma, uncond)
+        state.branch = Branch.COND                       # the method's injections act here only
+        with installed(unet, cond_procs):
+            x0_cond = v_denoise(unet, x, sigma, cond)
+        return x0_uncond + guidance * (x0_cond - x0_uncond)
+
+    sigmas = karras_sigmas(cfg.steps).to(image.device)
+    with lora_scale(unet, cfg.lora_scale):
+        return sample_euler(denoise, source.inverted, sigmas, progress=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Long videos: clips, and the chain of edits through them
+# ---------------------------------------------------------------------------------------------
+
+def split_clips(num_video_frames: int, num_frames: int, overlap: int) -> list[range]:
+    """Frame ranges of the clips: F frames each, consecutive clips sharing `overlap` frames.
+    A last clip is kept only if complete (SVD's motion at F frames is what the LoRA learns)."""
+    if not 0 <= overlap < num_frames:
+        raise InputError(f"--overlap must be in [0, {num_frames - 1}], got {overlap}")
+    if num_video_frames < num_frames:
+        raise InputError(f"the sampled video has {num_video_frames} frames, fewer than one clip "
+                         f"({num_frames}); raise --sample-fps or lower --num-frames")
+    stride = num_frames - overlap
+    return [range(s, s + num_frames) for s in range(0, num_video_frames - num_frames + 1, stride)]
+
+
+def edit_video(svd: SVD, sources: list[SourceRecord], image: torch.Tensor, loras: list[dict | None],
+               cfg: EditConfig, source_kv=None, masks=None, progress=print) -> torch.Tensor:
+    """One edited first frame (1, 3, H, W) in [-1, 1] through all clips -> frames (N, 3, H, W)
+    in [0, 1]. Clip k > 0 is conditioned on clip k-1's last edited frame (its own first frame,
+    thanks to the overlap) and, with `source_kv`, joins clip 0's K/V of this same edit."""
+    state = StepState()
+    edit_kv = MemoryStore() if source_kv is not None else None     # one per edited frame
+    generator = torch.Generator(image.device).manual_seed(cfg.seed)
+    pieces = []
+    for source, lora in zip(sources, loras):
+        progress(f"editing clip {source.clip + 1}/{len(sources)}")
+        if lora is not None:
+            load_lora_state_dict(svd.unet, lora)                   # this clip's motion LoRA
+        latents = edit_clip(svd, source, image, state, cfg, source_kv, edit_kv, masks, generator)
+        frames = decode_latents(svd, latents, cfg.decode_chunk_size)[0]    # (F, 3, H, W)
+        pieces.append(frames if not pieces else frames[cfg.overlap:])
+        image = frames[-1:] * 2 - 1
+    return torch.cat(pieces)
+
+
 # ---------------------------------------------------------------------------------------------
 # Input and output
 # ---------------------------------------------------------------------------------------------
@@ -173,8 +471,7 @@ def load_image(path: str, height: int, width: int) -> torch.Tensor:
         raise InputError(f"{path}: not a readable image ({e})") from None
     if im.size != (width, height):
         im = im.resize((width, height), Image.LANCZOS)
-    pixels = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)   # (H, W, 3)
-    return pixels.permute(2, 0, 1)[None] * 2 - 1
+    return pil_to_tensor(im)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -194,9 +491,11 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_video(frames: np.ndarray, path: Path, fps: int) -> None:
+def save_video(frames: np.ndarray, path: Path, fps: float) -> None:
     """(F, H, W, 3) uint8 -> H.264 mp4 (av is imported here so the rest runs without it)."""
     import av
+
+    fps = Fraction(fps).limit_denominator(1000)            # 2.5 fps is a valid stream rate
 
     def write(tmp: Path):
         with av.open(str(tmp), mode="w", format="mp4") as container:
@@ -226,43 +525,217 @@ def make_run_dir(out_dir: str) -> Path:
     return run
 
 
+def load_video(path: str, sample_fps: float, start_t: float, end_t: float, height: int,
+               width: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Video file -> (frames (N, 3, H, W) in [-1, 1] sampled at `sample_fps` from start_t to
+    end_t (0 = the end), the video's own (width, height)). Each sample is the decoded frame
+    nearest in time; frames are resized with Lanczos like the images. av is imported here so
+    the rest of the project runs without it."""
+    import av
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise InputError(f"{path}: no video stream")
+            decoded = [(float(f.time or 0.0), f.to_image()) for f in container.decode(video=0)]
+    except av.error.FFmpegError as e:
+        raise InputError(f"{path}: not a readable video ({e})") from None
+    if not decoded:
+        raise InputError(f"{path}: no decodable frames")
+    times = np.array([t for t, _ in decoded])
+    end = times[-1] if end_t <= 0 else min(end_t, times[-1])
+    targets = np.arange(start_t, end + 1e-6, 1.0 / sample_fps)
+    frames = []
+    for t in targets:
+        image = decoded[int(np.abs(times - t).argmin())][1].convert("RGB")
+        frames.append(pil_to_tensor(image.resize((width, height), Image.LANCZOS)))
+    if not frames:
+        raise InputError(f"{path}: nothing between {start_t} s and {end_t} s")
+    return torch.cat(frames), decoded[0][1].size
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)   # (H, W, 3)
+    return pixels.permute(2, 0, 1)[None] * 2 - 1                             # (1, 3, H, W)
+
+
+def check_frame_size(path: str, video_size: tuple[int, int], working_size: tuple[int, int]):
+    """An edited first frame must have the source frame's size, or the working size."""
+    with Image.open(path) as im:
+        size = im.size
+    if size not in (video_size, working_size):
+        raise InputError(f"{path}: {size[0]}x{size[1]} pixels, but the video's frames are "
+                         f"{video_size[0]}x{video_size[1]} (working size "
+                         f"{working_size[0]}x{working_size[1]}); edit the video's first frame")
+
+
+def find_weights(given: str) -> str:
+    """--weights, or the newest SVD snapshot in the Hugging Face cache (read as a plain folder)."""
+    if given:
+        return given
+    roots = [os.environ.get("HF_HUB_CACHE", ""),
+             os.path.join(os.environ.get("HF_HOME", ""), "hub") if os.environ.get("HF_HOME") else "",
+             os.path.expanduser("~/.cache/huggingface/hub")]
+    for repo in ("models--stabilityai--stable-video-diffusion-img2vid-xt",
+                 "models--stabilityai--stable-video-diffusion-img2vid"):
+        for root in filter(None, roots):
+            snapshots = sorted(Path(root, repo, "snapshots").glob("*/unet"),
+                               key=lambda p: p.stat().st_mtime)
+            if snapshots:
+                return str(snapshots[-1].parent)
+    raise InputError("no --weights given and no stabilityai/stable-video-diffusion-img2vid[-xt] "
+                     "in the Hugging Face cache")
+
+
+def save_mask_pictures(masks: MemoryStore, folder: Path, height: int, width: int) -> None:
+    """One PNG per (clip, step): the spatial difference mask M of every frame side by side
+    (white = the edit's own attention, black = the source's), averaged over the spatial
+    self-attention layers after resizing each layer's token grid to the output size."""
+    by_step: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for key, m in masks.tensors.items():                             # m (F, S) of one layer
+        scale = round((height * width / m.shape[1]) ** 0.5)
+        grid = m.float().reshape(-1, 1, height // scale, width // scale)
+        grid = F.interpolate(grid, size=(height, width), mode="nearest")[:, 0]   # (F, H, W)
+        by_step.setdefault((key.clip, key.step), []).append(grid)
+    folder.mkdir(parents=True, exist_ok=True)
+    for (clip, step), grids in sorted(by_step.items()):
+        mean = torch.stack(grids).mean(0)                            # (F, H, W)
+        row = (torch.cat(list(mean), dim=1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        atomic_write(folder / f"clip{clip}_step{step:02d}.png",
+                     lambda tmp, r=row: Image.fromarray(r).save(tmp, format="PNG"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
+def check_config(cfg: EditConfig) -> None:
+    if not cfg.edited_frame:
+        raise InputError("--edited-frame is required")
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise InputError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype}")
+    if cfg.source_attention not in [m.value for m in SourceAttention]:
+        raise InputError(f"--source-attention must be recompute, memory or disk, "
+                         f"got {cfg.source_attention}")
+    if not cfg.plain_i2v:
+        if not cfg.video:
+            raise InputError("--video is required (or --plain-i2v for image-to-video)")
+        if bool(cfg.lora) == cfg.train:
+            raise InputError("pass either --lora (one file per clip) or --train")
+        if cfg.sample_fps <= 0:
+            raise InputError(f"--sample-fps must be positive, got {cfg.sample_fps}")
+
+
+def check_resolution(svd: SVD, cfg: EditConfig) -> None:
+    """The latent must survive the U-Net's downsamplings: pixels divisible by VAE x U-Net."""
+    multiple = svd.config.vae.downsample_factor * 2 ** (len(svd.config.unet.block_out_channels) - 1)
+    if cfg.height % multiple or cfg.width % multiple or cfg.height <= 0 or cfg.width <= 0:
+        raise InputError(f"--height/--width must be positive multiples of {multiple} for these "
+                         f"weights, got {cfg.height}x{cfg.width}")
+
+
+def load_clip_loras(svd: SVD, paths: list[str], num_clips: int) -> list[dict]:
+    """Check every --lora file against the base model and the U-Net's shapes before anything
+    runs; return each clip's adapter weights (the U-Net keeps the adapters, at the file's rank)."""
+    if len(paths) != num_clips:
+        raise InputError(f"{len(paths)} --lora file(s) for {num_clips} clip(s); "
+                         "train.py writes one per clip")
+    rank = read_lora_metadata(paths[0]).get("rank")
+    if rank is None or not rank.isdigit():
+        raise LoRAError(f"{paths[0]}: no rank in its metadata; not written by train.py")
+    add_lora(svd.unet, is_temporal_transformer_linear, int(rank))
+    states = []
+    for path in paths:
+        load_lora(path, svd.unet, expected_base_model=base_model_id(svd))
+        states.append({k: v.clone() for k, v in lora_state_dict(svd.unet).items()})
+    return states
+
+
+def write_video_outputs(run: Path, name: str, frames: torch.Tensor, fps: float) -> None:
+    """(N, 3, H, W) in [0, 1] -> <name>.mp4 and <name>_frames/0000.png ..."""
+    video = to_uint8(frames)
+    save_video(video, run / f"{name}.mp4", fps)
+    save_frames(video, run / f"{name}_frames")
+    print(f"wrote {run / (name + '.mp4')} and {len(video)} PNG frames")
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
+    size = (cfg.width, cfg.height)
     try:
+        check_config(cfg)
         if not cfg.plain_i2v:
-            raise InputError("only --plain-i2v (SVD image-to-video) is implemented so far; "
-                             "the I2VEdit editing stages are not in this version")
-        if not cfg.edited_frame:
-            raise InputError("--edited-frame is required")
-        if not cfg.weights:
-            raise InputError("--weights is required (diffusers folder or svd*.safetensors)")
-        if cfg.dtype not in ("float32", "bfloat16", "float16"):
-            raise InputError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype}")
-        if cfg.height % 64 or cfg.width % 64:
-            raise InputError(f"--height/--width must be multiples of 64, got {cfg.height}x{cfg.width}")
+            video, video_size = load_video(cfg.video, cfg.sample_fps, cfg.start_t, cfg.end_t,
+                                           cfg.height, cfg.width)
+            clips = split_clips(len(video), cfg.num_frames, cfg.overlap)[: cfg.max_clips or None]
+            for path in cfg.edited_frame:
+                load_image(path, cfg.height, cfg.width)          # readable at all?
+                check_frame_size(path, video_size, size)
         images = [load_image(p, cfg.height, cfg.width) for p in cfg.edited_frame]
+        cfg.weights = find_weights(cfg.weights)
         svd = load_svd(cfg.weights, getattr(torch, cfg.dtype), cfg.device)
-    except (InputError, WeightsError) as e:
+        check_resolution(svd, cfg)
+        loras = [None] * (0 if cfg.plain_i2v else len(clips))
+        if cfg.lora:
+            loras = load_clip_loras(svd, cfg.lora, len(clips))
+    except (InputError, WeightsError, LoRAError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     svd.unet.chunk_size = cfg.unet_chunk_size or None
     run = make_run_dir(cfg.out_dir)
     atomic_write(run / "config.json", lambda tmp: tmp.write_text(json.dumps(asdict(cfg), indent=2)))
-    for path, image in zip(cfg.edited_frame, images):
-        generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
-        frames = generate_video(svd, image.to(cfg.device), cfg.num_frames, cfg.steps,
-                                cfg.min_guidance, cfg.max_guidance, cfg.fps, cfg.motion_bucket_id,
-                                cfg.noise_aug_strength, generator, cfg.decode_chunk_size,
-                                progress=True)
-        name = Path(path).stem
-        video = to_uint8(frames)
-        save_video(video, run / f"{name}.mp4", cfg.fps)
-        save_frames(video, run / f"{name}_frames")
-        print(f"wrote {run / (name + '.mp4')} and {len(video)} PNG frames")
+    names = [Path(p).stem for p in cfg.edited_frame]
+
+    if cfg.plain_i2v:
+        for name, image in zip(names, images):
+            generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
+            frames = generate_video(svd, image.to(cfg.device), cfg.num_frames, cfg.steps,
+                                    cfg.min_guidance, cfg.max_guidance, cfg.fps,
+                                    cfg.motion_bucket_id, cfg.noise_aug_strength, generator,
+                                    cfg.decode_chunk_size, progress=True)
+            write_video_outputs(run, name, frames, cfg.fps)
+        return 0
+
+    video = video.to(cfg.device)
+    print(f"{len(video)} frames sampled at {cfg.sample_fps} fps -> {len(clips)} clip(s) of "
+          f"{cfg.num_frames} frames")
+    # Skip-interval K/V of clip 0's source pass; every later clip joins them.
+    source_kv = MemoryStore() if len(clips) > 1 and not cfg.no_skip_interval else None
+
+    # --- Stage 2a: record the source (inversion of every clip, base model) -------------------
+    # Before training: with skip-interval, clip k's LoRA trains against clip 0's source K/V.
+    state = StepState()
+    generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
+    sources = [record_source(svd, video[c], k, state, cfg, source_kv, generator,
+                             run / "source_attention" / f"clip{k}")
+               for k, c in enumerate(clips)]
+
+    # --- Stage 1: motion LoRA per clip ------------------------------------------------------
+    if cfg.train:
+        # The one import of train.py, for `--train`: its loop is written once, there.
+        from train import TrainConfig, train_motion_lora
+        (run / "lora").mkdir()
+        tcfg = TrainConfig(steps=cfg.train_steps, rank=cfg.lora_rank, fps=cfg.fps,
+                           motion_bucket_id=cfg.motion_bucket_id,
+                           noise_aug_strength=cfg.noise_aug_strength, seed=cfg.seed,
+                           num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
+                           sample_fps=cfg.sample_fps, steps_inversion=cfg.steps)
+        loras = [train_motion_lora(svd, video[c], k, tcfg, source_kv,
+                                   run / "lora" / f"clip{k}.safetensors", base_model_id(svd))
+                 for k, c in enumerate(clips)]
+
+    # --- Stage 2b: appearance refinement, one chain of clips per edited first frame ----------
+    source_frames = (video[: clips[-1].stop] / 2 + 0.5).clamp(0, 1)
+    for name, image in zip(names, images):
+        masks = MemoryStore(device="cpu") if cfg.save_masks else None
+        frames = edit_video(svd, sources, image.to(cfg.device), loras, cfg, source_kv, masks)
+        write_video_outputs(run, name, frames, cfg.sample_fps)
+        write_video_outputs(run, f"{name}_side_by_side", torch.cat([source_frames, frames], -1),
+                            cfg.sample_fps)
+        if masks is not None:
+            save_mask_pictures(masks, run / f"{name}_masks", cfg.height, cfg.width)
     return 0
 
 

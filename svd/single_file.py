@@ -164,3 +164,21 @@ def single_file_rename(key: str, config: SVDConfig) -> tuple[str, str]:
     else:
         raise KeyError(key)
     return "vae", vae_key(short, len(config.vae.block_out_channels))
+
+
+def unet_transformer_path_to_sgm(path: str, layers_per_block: int) -> str:
+    """The inverse of `unet_key` for module paths inside the U-Net's transformers, e.g.
+    `down_blocks.1.attentions.0.temporal_transformer_blocks.0.attn1.to_q` ->
+    `input_blocks.4.1.time_stack.0.attn1.to_q`; used to export LoRAs in single-file naming.
+    The block-internal names (attn1.to_q, ff.net.0.proj, ...) are the same in both formats."""
+    L = layers_per_block
+    if m := re.match(r"(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)\.(.*)", path):
+        level, pos, rest = int(m[2]), int(m[3]), m[4]
+        block = (f"input_blocks.{level * (L + 1) + pos + 1}" if m[1] == "down_blocks"
+                 else f"output_blocks.{level * (L + 1) + pos}")
+    elif m := re.match(r"mid_block\.attentions\.0\.(.*)", path):
+        block, rest = "middle_block", m[1]
+    else:
+        raise KeyError(path)
+    rest = re.sub(r"^temporal_transformer_blocks\.(\d+)\.", r"time_stack.\1.", rest)
+    return f"{block}.1.{rest}"

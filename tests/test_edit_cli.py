@@ -59,7 +59,7 @@ def test_bad_input_is_one_line(case, weights, frame, tmp_path):
         (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
         args[2] = tmp_path / "bad.png"
     elif case == "bad size":
-        args[args.index("--height") + 1] = 60
+        args[args.index("--height") + 1] = 62            # not a multiple of 4 (tiny: 2 x 2)
     elif case == "no weights":
         args[4] = tmp_path / "missing-weights"
     else:
@@ -71,4 +71,122 @@ def test_bad_input_is_one_line(case, weights, frame, tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
+    assert not (tmp_path / "runs").exists()               # nothing written on failure
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole method: train.py, then edit.py with its LoRA files
+# ---------------------------------------------------------------------------------------------
+
+def write_video(path, frames, fps=5):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 5-frame 32x32 video of a moving square, its edited first frame, LoRAs trained by
+    train.py (2 clips of 3 frames, 2 steps: enough to exercise the files, not to learn)."""
+    root = tmp_path_factory.mktemp("scene")
+    frames = np.full((5, 32, 32, 3), 40, np.uint8)
+    for t in range(5):
+        frames[t, 8:20, 2 + 4 * t: 14 + 4 * t] = (220, 40, 40)
+    write_video(root / "src.mp4", frames)
+    edited = frames[0].copy()
+    edited[8:20, 2:14] = (40, 220, 40)
+    Image.fromarray(edited).save(root / "edit.png")
+    return root
+
+
+SCENE_ARGS = ["--sample-fps", 5, "--num-frames", 3, "--height", 32, "--width", 32,
+              "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(scene, weights):
+    args = ["--video", scene / "src.mp4", "--weights", weights, "--out-dir", scene / "train",
+            "--steps", 2, "--rank", 2, "--steps-inversion", 3, *SCENE_ARGS]
+    result = subprocess.run([sys.executable, "train.py", *map(str, args)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (scene / "train").iterdir()
+    return sorted((run_dir / "lora").glob("clip*.safetensors"))
+
+
+def test_train_then_edit_writes_every_output(scene, weights, trained, tmp_path):
+    assert [p.name for p in trained] == ["clip0.safetensors", "clip1.safetensors"]
+    assert not [p for p in trained[0].parent.iterdir() if p.name.startswith(".")]
+    out = tmp_path / "runs"
+    result = run("--video", scene / "src.mp4", "--edited-frame", scene / "edit.png", "--lora",
+                 *trained, "--weights", weights, "--out-dir", out, "--steps", 3, "--save-masks",
+                 *SCENE_ARGS)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = out.iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["lora"] == [str(p) for p in trained]
+    for name in ("edit.mp4", "edit_side_by_side.mp4"):
+        assert (run_dir / name).stat().st_size > 0
+    pngs = sorted((run_dir / "edit_frames").glob("*.png"))
+    assert len(pngs) == 5 and Image.open(pngs[0]).size == (32, 32)     # 3 + 3 - 1 overlap
+    assert Image.open(sorted((run_dir / "edit_side_by_side_frames").glob("*.png"))[0]).size == (64, 32)
+    assert len(list((run_dir / "edit_masks").glob("*.png"))) == 2 * 3   # clips x steps
+    assert not [p for p in run_dir.rglob(".*")]
+
+
+def other_base_lora(path, weights_seed, tmp_path, cfg=None):
+    """A LoRA file trained (0 steps) on other weights: another seed, or another shape."""
+    from edit import base_model_id
+    from lora import add_lora, is_temporal_transformer_linear, save_lora
+    from svd.weights import load_svd
+
+    root = tmp_path / f"other{weights_seed}"
+    save_oracle_folder(root, cfg or SVDConfig.tiny(), seed=weights_seed)
+    svd = load_svd(root)
+    add_lora(svd.unet, is_temporal_transformer_linear, 2)
+    save_lora(path, svd.unet, {"base_model": base_model_id(svd)})
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing video", "corrupt video", "unreadable image",
+                                  "frame of another size", "video shorter than a clip",
+                                  "lora of another base", "lora of other shapes",
+                                  "wrong number of loras"])
+def test_bad_edit_input_is_one_line(case, scene, weights, trained, tmp_path):
+    from dataclasses import replace
+
+    video, frame, loras = scene / "src.mp4", scene / "edit.png", list(trained)
+    extra = []
+    if case == "missing video":
+        video = tmp_path / "nope.mp4"
+    elif case == "corrupt video":
+        video = tmp_path / "bad.mp4"
+        video.write_bytes(b"\x00\x00\x00\x18ftypmp42 but not really a video" * 10)
+    elif case == "unreadable image":
+        frame = tmp_path / "bad.png"
+        frame.write_bytes(b"not an image")
+    elif case == "frame of another size":
+        frame = tmp_path / "wide.png"
+        Image.new("RGB", (48, 32)).save(frame)
+    elif case == "video shorter than a clip":
+        extra = ["--num-frames", 6]
+    elif case == "lora of another base":
+        loras[1] = other_base_lora(tmp_path / "other.safetensors", 11, tmp_path)
+    elif case == "lora of other shapes":
+        cfg = SVDConfig.tiny()
+        cfg = replace(cfg, unet=replace(cfg.unet, block_out_channels=(64, 64)))
+        loras[0] = other_base_lora(tmp_path / "shapes.safetensors", 3, tmp_path, cfg)
+    else:
+        loras = loras[:1]
+    result = run("--video", video, "--edited-frame", frame, "--lora", *loras, "--weights",
+                 weights, "--out-dir", tmp_path / "runs", "--steps", 2, *SCENE_ARGS, *extra)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert not (tmp_path / "runs").exists()               # nothing written on failure
