@@ -1,0 +1,114 @@
+"""Reconstruction: edit a clip with its own, unedited first frame; the method should give the
+source back. Compares the full method with its ablations and with plain image-to-video: the
+relative L2 error of the sampled latents against the source's latents, and PSNR of the decoded
+frames against the source passed through the VAE (the best any latent method can do with it).
+
+    python bench/reconstruction.py                    # tiny random weights, CPU, about a minute
+    python bench/reconstruction.py --weights demo/weights --size 64 --frames 8
+
+Prints one line per variant. With random weights the VAE decoder scrambles the pixels, so the
+latent error is the figure to read there; with trained weights both are.
+"""
+
+import argparse
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attention import StepState  # noqa: E402
+from edit import (EditConfig, decode_latents, edit_clip, encode_video, frame_guidance,  # noqa: E402
+                  guided_denoiser, record_source)
+from edm import karras_sigmas, sample_euler  # noqa: E402
+from lora import load_lora_state_dict, set_lora_scale  # noqa: E402
+from svd.conditioning import encode_conditions  # noqa: E402
+from svd.config import SVDConfig  # noqa: E402
+from svd.weights import load_svd  # noqa: E402
+from train import TrainConfig, train_motion_lora  # noqa: E402
+
+
+def moving_square(frames: int, size: int) -> torch.Tensor:
+    """A red square crossing a dark gradient background, (F, 3, size, size) in [-1, 1]."""
+    video = torch.linspace(-0.8, -0.2, size).expand(frames, 3, size, size).clone()
+    side = size * 3 // 8
+    for t in range(frames):
+        x = round(t * (size - side) / max(frames - 1, 1))
+        video[t, 0, size // 4: size // 4 + side, x: x + side] = 0.9
+        video[t, 1:, size // 4: size // 4 + side, x: x + side] = -0.7
+    return video
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frames in [0, 1]."""
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default="", help="default: tiny random weights")
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=25, help="inversion/editing steps")
+    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=3e-3, help="LoRA lr (paper 5e-4 over 250)")
+    parser.add_argument("--rank", type=int, default=8)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+
+    if args.weights:
+        svd = load_svd(args.weights)
+    else:
+        from tests.helpers import save_oracle_folder
+        root = Path(tempfile.mkdtemp())
+        save_oracle_folder(root, SVDConfig.tiny(), seed=3)
+        svd = load_svd(root)
+
+    video = moving_square(args.frames, args.size)
+    latents = encode_video(svd, video)                                  # (1, F, 4, h, w)
+    target = decode_latents(svd, latents)[0]                            # the VAE's best
+    print(f"VAE alone: {psnr(target, video / 2 + 0.5):.2f} dB against the source pixels")
+
+    def report(name, out):
+        error = float((out - latents).norm() / latents.norm())
+        print(f"{name:48s} latent error {100 * error:6.2f} %   "
+              f"PSNR {psnr(decode_latents(svd, out)[0], target):6.2f} dB")
+
+    cfg = EditConfig(steps=args.steps, num_frames=args.frames, max_guidance=2.0)
+    sigmas = karras_sigmas(args.steps)
+    g = torch.Generator().manual_seed(cfg.seed)
+    cond = encode_conditions(svd.clip, svd.vae, video[:1], cfg.fps, cfg.motion_bucket_id,
+                             cfg.noise_aug_strength, g)
+    noise = torch.randn(latents.shape, generator=g) * (sigmas[0] ** 2 + 1).sqrt()
+    denoise = guided_denoiser(svd.unet, cond, frame_guidance(args.frames, 1.0, 2.0))
+    report("plain image-to-video", sample_euler(denoise, noise, sigmas))
+
+    lora = train_motion_lora(svd, video, 0, TrainConfig(steps=args.train_steps, rank=args.rank,
+                                                        lr=args.lr, dropout=0.0), progress=False)
+    set_lora_scale(svd.unet, 1.0)
+    report("LoRA, plain image-to-video", sample_euler(denoise, noise, sigmas))
+    variants = {
+        "full method": cfg,
+        "full, no SARP": replace(cfg, no_sarp=True),
+        "full, no temporal selector": replace(cfg, no_temporal_selector=True),
+        "full, no spatial matching": replace(cfg, no_spatial_matching=True),
+        "LoRA + inversion, no attention injection": replace(
+            cfg, no_spatial_matching=True, no_temporal_selector=True),
+        "inversion only (no LoRA, no injection)": replace(
+            cfg, no_spatial_matching=True, no_temporal_selector=True, lora_scale=0.0),
+    }
+    for name, vcfg in variants.items():
+        state = StepState()
+        source = record_source(svd, video, 0, state, vcfg, None,
+                               torch.Generator().manual_seed(vcfg.seed))
+        load_lora_state_dict(svd.unet, lora)
+        out = edit_clip(svd, source, video[:1], state, vcfg,
+                        generator=torch.Generator().manual_seed(vcfg.seed))
+        report(name, out)
+
+
+if __name__ == "__main__":
+    main()
