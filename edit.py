@@ -438,7 +438,9 @@ def edit_video(svd: SVD, sources: list[SourceRecord], image: torch.Tensor, loras
     in [0, 1]. Clip k > 0 is conditioned on clip k-1's last edited frame (its own first frame,
     thanks to the overlap) and, with `source_kv`, joins clip 0's K/V of this same edit."""
     state = StepState()
-    edit_kv = MemoryStore() if source_kv is not None else None     # one per edited frame
+    # One store per edited frame; on the CPU, since clip 0's K/V of all steps at 576x1024 are
+    # about 1.5 GB per step and branch in bf16 (36 GB for 25 steps).
+    edit_kv = MemoryStore(device="cpu") if source_kv is not None else None
     generator = torch.Generator(image.device).manual_seed(cfg.seed)
     pieces = []
     for source, lora in zip(sources, loras):
@@ -702,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(video)} frames sampled at {cfg.sample_fps} fps -> {len(clips)} clip(s) of "
           f"{cfg.num_frames} frames")
     # Skip-interval K/V of clip 0's source pass; every later clip joins them.
-    source_kv = MemoryStore() if len(clips) > 1 and not cfg.no_skip_interval else None
+    source_kv = (MemoryStore(device="cpu") if len(clips) > 1 and not cfg.no_skip_interval
+                 else None)
 
     # --- Stage 2a: record the source (inversion of every clip, base model) -------------------
     # Before training: with skip-interval, clip k's LoRA trains against clip 0's source K/V.
