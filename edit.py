@@ -113,6 +113,7 @@ class EditConfig:
     # motion LoRA training with --train (train.py has the full set)
     train_steps: int = knob(250, "LoRA training steps per clip with --train")
     lora_rank: int = knob(32, "LoRA rank with --train")
+    lora_lr: float = knob(5e-4, "LoRA learning rate with --train")
     # runtime
     decode_chunk_size: int = knob(14, "frames decoded together; 0 = all (less memory when small)")
     unet_chunk_size: int = knob(0, "frames per transformer call; 0 = all (less memory when small)")
@@ -142,9 +143,14 @@ def build_parser(config_cls, prog: str, description: str, epilog: str) -> argpar
 def parse_config(argv: list[str] | None = None) -> EditConfig:
     parser = build_parser(
         EditConfig, "python edit.py", __doc__.split("\n\n")[0],
-        "Weights are never downloaded: pass --weights with a diffusers folder "
-        "(stabilityai/stable-video-diffusion-img2vid[-xt]) or a single svd*.safetensors, or "
-        "have them in the Hugging Face cache.")
+        "With no arguments, runs the embedded demo: a scene of the procedural world "
+        "(demo/world.py) edited with the tiny model in demo/weights, scored against its ground "
+        "truth. Real weights are never downloaded: pass --weights with a diffusers folder "
+        "(stabilityai/stable-video-diffusion-img2vid[-xt], fp32 or fp16 files) or a single "
+        "svd.safetensors / svd_xt.safetensors, or have them in the Hugging Face cache; the "
+        "defaults (576x1024, 14 frames, 25 steps) are the paper's. Example: python edit.py "
+        "--video in.mp4 --edited-frame edit.png --train --weights "
+        "stable-video-diffusion-img2vid --dtype bfloat16 --device cuda")
     return EditConfig(**vars(parser.parse_args(argv)))
 
 
@@ -664,6 +670,12 @@ def write_video_outputs(run: Path, name: str, frames: torch.Tensor, fps: float) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        # No arguments: the embedded demo (demo/run.py) writes a scene of the procedural world
+        # and calls this function with the flags a user would type, then scores the result.
+        from demo.run import run_demo
+        return run_demo(main)
     cfg = parse_config(argv)
     size = (cfg.width, cfg.height)
     try:
@@ -720,11 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         # The one import of train.py, for `--train`: its loop is written once, there.
         from train import TrainConfig, train_motion_lora
         (run / "lora").mkdir()
-        tcfg = TrainConfig(steps=cfg.train_steps, rank=cfg.lora_rank, fps=cfg.fps,
-                           motion_bucket_id=cfg.motion_bucket_id,
-                           noise_aug_strength=cfg.noise_aug_strength, seed=cfg.seed,
-                           num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
-                           sample_fps=cfg.sample_fps, steps_inversion=cfg.steps)
+        tcfg = TrainConfig.from_edit(cfg)
         loras = [train_motion_lora(svd, video[c], k, tcfg, source_kv,
                                    run / "lora" / f"clip{k}.safetensors", base_model_id(svd))
                  for k, c in enumerate(clips)]

@@ -84,6 +84,15 @@ class TrainConfig:
                       "base weights: float32 | bfloat16 | float16 (adapters stay float32)")
     device: str = knob("cuda" if torch.cuda.is_available() else "cpu", "cpu | cuda")
 
+    @classmethod
+    def from_edit(cls, cfg: EditConfig) -> "TrainConfig":
+        """The training settings of `edit.py --train`: the edit's clips, conditioning and
+        schedule, with its --train-steps, --lora-rank and --lora-lr."""
+        return cls(steps=cfg.train_steps, rank=cfg.lora_rank, lr=cfg.lora_lr, fps=cfg.fps,
+                   motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
+                   seed=cfg.seed, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
+                   sample_fps=cfg.sample_fps, steps_inversion=cfg.steps)
+
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: adapter + AdamW + RNG states in one safetensors file

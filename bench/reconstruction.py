@@ -4,7 +4,8 @@ relative L2 error of the sampled latents against the source's latents, and PSNR 
 frames against the source passed through the VAE (the best any latent method can do with it).
 
     python bench/reconstruction.py                    # tiny random weights, CPU, about a minute
-    python bench/reconstruction.py --weights demo/weights --size 64 --frames 8
+    python bench/reconstruction.py --weights demo/weights --world-seeds 0 1 2 3 4 \
+        --train-steps 120 --rank 16 --lr 2e-3      # the embedded demo model, world scenes
 
 Prints one line per variant. With random weights the VAE decoder scrambles the pixels, so the
 latent error is the figure to read there; with trained weights both are.
@@ -47,47 +48,34 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", default="", help="default: tiny random weights")
-    parser.add_argument("--frames", type=int, default=4)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=25, help="inversion/editing steps")
-    parser.add_argument("--train-steps", type=int, default=60)
-    parser.add_argument("--lr", type=float, default=3e-3, help="LoRA lr (paper 5e-4 over 250)")
-    parser.add_argument("--rank", type=int, default=8)
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-
-    if args.weights:
-        svd = load_svd(args.weights)
-    else:
-        from tests.helpers import save_oracle_folder
-        root = Path(tempfile.mkdtemp())
-        save_oracle_folder(root, SVDConfig.tiny(), seed=3)
-        svd = load_svd(root)
-
-    video = moving_square(args.frames, args.size)
+def reconstruct(svd, video: torch.Tensor, bucket: int, args) -> dict[str, tuple[float, ...]]:
+    """video (F, 3, H, W) in [-1, 1] -> {variant: (latent error %, PSNR vs the VAE's
+    reconstruction, PSNR vs the source pixels)}."""
+    frames = len(video)
     latents = encode_video(svd, video)                                  # (1, F, 4, h, w)
     target = decode_latents(svd, latents)[0]                            # the VAE's best
-    print(f"VAE alone: {psnr(target, video / 2 + 0.5):.2f} dB against the source pixels")
+    pixels = video / 2 + 0.5
+    results = {"VAE alone": (0.0, float("inf"), psnr(target, pixels))}
 
     def report(name, out):
-        error = float((out - latents).norm() / latents.norm())
-        print(f"{name:48s} latent error {100 * error:6.2f} %   "
-              f"PSNR {psnr(decode_latents(svd, out)[0], target):6.2f} dB")
+        decoded = decode_latents(svd, out)[0]
+        results[name] = (100 * float((out - latents).norm() / latents.norm()),
+                         psnr(decoded, target), psnr(decoded, pixels))
 
-    cfg = EditConfig(steps=args.steps, num_frames=args.frames, max_guidance=2.0)
+    cfg = EditConfig(steps=args.steps, num_frames=frames, max_guidance=2.0,
+                     motion_bucket_id=bucket)
     sigmas = karras_sigmas(args.steps)
     g = torch.Generator().manual_seed(cfg.seed)
     cond = encode_conditions(svd.clip, svd.vae, video[:1], cfg.fps, cfg.motion_bucket_id,
                              cfg.noise_aug_strength, g)
     noise = torch.randn(latents.shape, generator=g) * (sigmas[0] ** 2 + 1).sqrt()
-    denoise = guided_denoiser(svd.unet, cond, frame_guidance(args.frames, 1.0, 2.0))
+    denoise = guided_denoiser(svd.unet, cond, frame_guidance(frames, 1.0, 2.0))
+    set_lora_scale(svd.unet, 0.0)                                       # a previous video's
     report("plain image-to-video", sample_euler(denoise, noise, sigmas))
 
-    lora = train_motion_lora(svd, video, 0, TrainConfig(steps=args.train_steps, rank=args.rank,
-                                                        lr=args.lr, dropout=0.0), progress=False)
+    lora = train_motion_lora(svd, video, 0, TrainConfig(
+        steps=args.train_steps, rank=args.rank, lr=args.lr, dropout=0.0, motion_bucket_id=bucket),
+        progress=False)
     set_lora_scale(svd.unet, 1.0)
     report("LoRA, plain image-to-video", sample_euler(denoise, noise, sigmas))
     variants = {
@@ -108,6 +96,46 @@ def main(argv=None) -> None:
         out = edit_clip(svd, source, video[:1], state, vcfg,
                         generator=torch.Generator().manual_seed(vcfg.seed))
         report(name, out)
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default="", help="default: tiny random weights")
+    parser.add_argument("--world-seeds", type=int, nargs="+", default=[],
+                        help="source videos from these scenes of demo/world.py (64x64, 8 "
+                             "frames) instead of the moving square")
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=25, help="inversion/editing steps")
+    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=3e-3, help="LoRA lr (paper 5e-4 over 250)")
+    parser.add_argument("--rank", type=int, default=8)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+
+    if args.weights:
+        svd = load_svd(args.weights)
+    else:
+        from tests.helpers import save_oracle_folder
+        root = Path(tempfile.mkdtemp())
+        save_oracle_folder(root, SVDConfig.tiny(), seed=3)
+        svd = load_svd(root)
+
+    if args.world_seeds:
+        from demo import world
+        examples = [world.example(s, world.EditKind.RECOLOUR) for s in args.world_seeds]
+        videos = [(torch.from_numpy(ex["source"]).permute(0, 3, 1, 2) * 2 - 1,
+                   ex["motion_bucket_id"]) for ex in examples]
+    else:
+        videos = [(moving_square(args.frames, args.size), 127)]
+    runs = [reconstruct(svd, video, bucket, args) for video, bucket in videos]
+    print(f"mean over {len(runs)} video(s): latent error against the source latents; PSNR of "
+          "the decoded frames against the VAE's reconstruction and against the source pixels")
+    for name in runs[0]:
+        error, vs_vae, vs_pixels = (sum(r[name][i] for r in runs) / len(runs) for i in range(3))
+        print(f"{name:44s} latent error {error:6.2f} %   PSNR {vs_vae:6.2f} dB (VAE)   "
+              f"{vs_pixels:6.2f} dB (source)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,322 @@
+"""Pretrain the embedded demo model: a tiny SVD, built with exactly our architecture code
+(svd/), trained from scratch on the procedural world of demo/world.py.
+
+Configuration (`demo_config`): the released structure at small width. The U-Net keeps SVD's four
+levels, two resnets per down block and transformers on the first three levels, so the temporal
+layers the I2VEdit selector treats as coarse exist here too (down_blocks.2, mid, up_blocks.1).
+The VAE downsamples by 4 (64x64 frames -> 16x16 latents, enough for attention maps to mean
+something); the image encoder is the tiny ViT of CLIPConfig.tiny().
+
+Two stages, each plain Adam on one objective:
+1. VAE: encoder + temporal decoder as an autoencoder of the posterior mean, L1 + L2 on pixels;
+   the scaling factor is then set so that diffusion latents have unit std (SD's 0.18215 was
+   chosen the same way).
+2. Image-to-video: U-Net and image encoder together (VAE frozen) with SVD's objective: EDM noise
+   sigma ~ lognormal, v-preconditioning (edit.v_denoise), loss weight (sigma^2 + 1) / sigma^2 on
+   x0, conditioned on the first frame (CLIP context + noise-augmented image latent) and the ids
+   [fps - 1, motion bucket (from the scene's speed), noise aug]. The conditions are dropped
+   (zeroed, like the unconditional branch of guidance) 10% of the time so that classifier-free
+   guidance has an unconditional model to push against.
+
+The result is written in the diffusers folder layout (unet/, vae/, image_encoder/ with
+config.json and safetensors) and loads through svd.weights.load_svd like the official weights.
+
+    python -m demo.pretrain --out demo/weights                # both stages
+    python -m demo.pretrain --out demo/weights --stage unet   # stage 2 only, VAE from --out
+"""
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+from demo import world
+from edit import atomic_write, v_denoise
+from edm import edm_loss_weight
+from svd.clip import CLIPVisionEncoder, preprocess
+from svd.conditioning import Conditions
+from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
+from svd.unet import UNet
+from svd.vae import VAE
+from svd.weights import SVD, load_svd
+
+NOISE_AUG = 0.02                 # SVD's conditioning-image noise, as at edit time
+
+
+def demo_config() -> SVDConfig:
+    unet = UNetConfig(block_out_channels=(32, 64, 64, 64), num_attention_heads=(2, 4, 4, 4),
+                      cross_attention_dim=32, addition_time_embed_dim=32,
+                      num_frames=world.NUM_FRAMES)                   # head dim 16
+    vae = VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1)   # downsample 4
+    return SVDConfig(unet=unet, vae=vae, clip=CLIPConfig.tiny())
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a diffusers folder (the inverse of svd/weights.py's config parsing)
+# ---------------------------------------------------------------------------------------------
+
+def diffusers_configs(cfg: SVDConfig) -> dict[str, dict]:
+    u, v, c = cfg.unet, cfg.vae, cfg.clip
+    down = ["CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal"
+            for a in u.attention_levels]
+    up = ["CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal"
+          for a in reversed(u.attention_levels)]
+    return {
+        "unet": {"_class_name": "UNetSpatioTemporalConditionModel", "in_channels": u.in_channels,
+                 "out_channels": u.out_channels, "down_block_types": down,
+                 "up_block_types": up, "block_out_channels": list(u.block_out_channels),
+                 "num_attention_heads": list(u.num_attention_heads),
+                 "layers_per_block": u.layers_per_block,
+                 "cross_attention_dim": u.cross_attention_dim,
+                 "addition_time_embed_dim": u.addition_time_embed_dim,
+                 "projection_class_embeddings_input_dim": u.num_added_ids * u.addition_time_embed_dim,
+                 "transformer_layers_per_block": 1, "num_frames": u.num_frames,
+                 "sample_size": world.SIZE // v.downsample_factor},
+        "vae": {"_class_name": "AutoencoderKLTemporalDecoder", "in_channels": v.in_channels,
+                "out_channels": v.out_channels, "latent_channels": v.latent_channels,
+                "down_block_types": ["DownEncoderBlock2D"] * len(v.block_out_channels),
+                "block_out_channels": list(v.block_out_channels),
+                "layers_per_block": v.layers_per_block, "scaling_factor": v.scaling_factor,
+                "sample_size": world.SIZE},
+        "image_encoder": {"architectures": ["CLIPVisionModelWithProjection"],
+                          "model_type": "clip_vision_model", "hidden_size": c.hidden_size,
+                          "num_hidden_layers": c.num_hidden_layers,
+                          "num_attention_heads": c.num_attention_heads,
+                          "intermediate_size": c.intermediate_size, "patch_size": c.patch_size,
+                          "image_size": c.image_size, "projection_dim": c.projection_dim,
+                          "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu"},
+    }
+
+
+def save_folder(svd: SVD, out: Path, info: dict) -> None:
+    """Write `svd` as a diffusers folder (fp32 safetensors), each file atomically."""
+    files = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
+             "image_encoder": "model"}
+    modules = {"unet": svd.unet, "vae": svd.vae, "image_encoder": svd.clip}
+    for sub, config in diffusers_configs(svd.config).items():
+        folder = out / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().float().contiguous().cpu()
+                   for k, v in modules[sub].state_dict().items()}
+        atomic_write(folder / f"{files[sub]}.safetensors",
+                     lambda tmp, t=tensors: safetensors.torch.save_file(t, tmp))
+        atomic_write(folder / "config.json", lambda tmp, c=config: tmp.write_text(
+            json.dumps(c, indent=2)))
+    atomic_write(out / "pretraining.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+def batch(seeds) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training videos -> (frames (B, F, 3, H, W) in [-1, 1], motion bucket ids (B,))."""
+    videos, buckets = zip(*(world.random_training_video(int(s)) for s in seeds))
+    frames = torch.from_numpy(np.stack(videos)).permute(0, 1, 4, 2, 3) * 2 - 1
+    return frames.contiguous(), torch.tensor(buckets, dtype=torch.float32)
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: the VAE
+# ---------------------------------------------------------------------------------------------
+
+def train_vae(vae: VAE, steps: int, batch_size: int, lr: float, rng: np.random.Generator,
+              log, short_clips: float = 0.85, decoder_only: bool = False) -> list[float]:
+    """Encoder and temporal decoder as a deterministic autoencoder on the posterior mean (SVD
+    only ever uses the mean), with a small penalty that keeps the latents' scale bounded. Most
+    steps see `batch_size` scenes of 2 frames each (many scenes per step learn faster than one
+    scene's 8 similar frames); the last (1 - short_clips) see whole 8-frame videos, so that the
+    temporal layers of the decoder learn the clip length they are used at.
+
+    decoder_only: the encoder stays frozen, so the latents a U-Net was trained on do not change
+    (Stable Diffusion's VAE decoder was fine-tuned the same way)."""
+    vae.train().requires_grad_(True)
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr)
+        short = step < short_clips * steps
+        frames, _ = batch(rng.integers(world.HELD_OUT_SEEDS, 2**31 - 1, batch_size if short else 1))
+        if short:
+            frames = frames[:, :2]
+        x = frames.flatten(0, 1)                                          # (B*F, 3, H, W)
+        with torch.set_grad_enabled(not decoder_only):
+            mean = vae.encode(x)
+        recon = vae.decode(mean, frames.shape[1])
+        loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + 1e-4 * (mean ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} loss {np.mean(losses[-50:]):.4f}")
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+@torch.no_grad()
+def latent_std(vae: VAE, seeds) -> float:
+    frames, _ = batch(seeds)
+    return float(vae.encode(frames.flatten(0, 1)).std())
+
+
+@torch.no_grad()
+def vae_psnr(vae: VAE, seeds) -> float:
+    """Mean PSNR (dB, frames in [0, 1]) of encode -> decode on the videos of `seeds`."""
+    scores = []
+    for s in seeds:
+        frames, _ = batch([s])
+        x = frames[0]
+        recon = vae.decode(vae.encode(x), world.NUM_FRAMES)
+        mse = (((recon.clamp(-1, 1) - x) / 2) ** 2).mean()
+        scores.append(float(10 * torch.log10(1 / mse)))
+    return float(np.mean(scores))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: image-to-video (U-Net + image encoder)
+# ---------------------------------------------------------------------------------------------
+
+def train_i2v(svd: SVD, steps: int, batch_size: int, lr: float, rng: np.random.Generator,
+              log, save=None, save_every: int = 0, p_mean: float = 0.5, p_std: float = 1.4,
+              drop: float = 0.1) -> list[float]:
+    unet, clip, vae = svd.unet, svd.clip, svd.vae
+    unet.train().requires_grad_(True)
+    clip.train().requires_grad_(True)
+    params = list(unet.parameters()) + list(clip.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    scale = svd.config.vae.scaling_factor
+    losses = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr)
+        frames, buckets = batch(rng.integers(world.HELD_OUT_SEEDS, 2**31 - 1, batch_size))
+        B, F_ = frames.shape[:2]
+        first = frames[:, 0]                                              # (B, 3, H, W)
+        with torch.no_grad():
+            x0 = vae.encode(frames.flatten(0, 1)).unflatten(0, (B, F_)) * scale   # (B, F, 4, h, w)
+            image_latent = vae.encode(first + NOISE_AUG * torch.randn_like(first))  # (B, 4, h, w)
+        context = clip(preprocess(first, svd.config.clip))[:, None]   # (B, 1, C_ctx)
+        keep = (torch.rand(B) >= drop).float()                            # condition dropout
+        ids = torch.stack([torch.full((B,), world.FPS - 1.0), buckets,
+                           torch.full((B,), NOISE_AUG)], dim=1)            # (B, 3)
+        cond = Conditions(context * keep[:, None, None],
+                          image_latent * keep[:, None, None, None], ids)
+        sigma = (p_mean + p_std * torch.randn(B)).exp().reshape(B, 1, 1, 1, 1)
+        x0_hat = v_denoise(unet, x0 + sigma * torch.randn_like(x0), sigma, cond)
+        loss = (edm_loss_weight(sigma) * (x0_hat - x0) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 25 == 0 or step == steps - 1:
+            log(f"i2v step {step}/{steps} loss {np.mean(losses[-100:]):.4f}")
+        if save is not None and save_every and (step + 1) % save_every == 0:
+            save(step + 1, losses)
+    unet.eval().requires_grad_(False)
+    clip.eval().requires_grad_(False)
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m demo.pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="demo/weights", help="diffusers folder to write")
+    p.add_argument("--stage", choices=["all", "vae", "unet", "decoder"], default="all",
+                   help="decoder: fine-tune the VAE decoder of --out alone (latents unchanged)")
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-batch", type=int, default=4, help="scenes per step (2 frames each)")
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--unet-steps", type=int, default=3000)
+    p.add_argument("--unet-batch", type=int, default=4)
+    p.add_argument("--unet-lr", type=float, default=1e-3)
+    p.add_argument("--init", default="", help="start stage 2 from this folder's U-Net and encoder")
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    start = time.time()
+    info_path = out / "pretraining.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info["device"] = f"CPU, {torch.get_num_threads()} threads"
+
+    def log(msg):
+        print(f"[{(time.time() - start) / 60:6.1f} min] {msg}", flush=True)
+
+    cfg = demo_config()
+    if args.stage in ("all", "vae"):
+        vae = VAE(cfg.vae)
+        vae_losses = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, log)
+        std = latent_std(vae, range(world.HELD_OUT_SEEDS, world.HELD_OUT_SEEDS + 16))
+        cfg = replace(cfg, vae=replace(cfg.vae, scaling_factor=round(1.0 / std, 5)))
+        vae.config = cfg.vae
+        psnr = vae_psnr(vae, range(50))               # held-out seeds
+        info["vae"] = {"steps": args.vae_steps, "batch_videos": args.vae_batch,
+                       "minutes": round((time.time() - start) / 60, 1),
+                       "final_loss": float(np.mean(vae_losses[-50:])),
+                       "heldout_psnr_db": round(psnr, 2), "scaling_factor": cfg.vae.scaling_factor}
+        log(f"VAE held-out PSNR {psnr:.2f} dB, scaling factor {cfg.vae.scaling_factor}")
+        unet, clip = UNet(cfg.unet), CLIPVisionEncoder(cfg.clip)
+        # The only parameter our modules leave uninitialised (they are built to be loaded).
+        torch.nn.init.normal_(clip.vision_model.embeddings.class_embedding, std=0.02)
+        save_folder(SVD(unet, vae, clip, cfg), out, info)
+    if args.stage == "decoder":
+        svd = load_svd(out)
+        losses = train_vae(svd.vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, log,
+                           decoder_only=True)
+        psnr = vae_psnr(svd.vae, range(50))
+        info["vae_decoder_finetune"] = {"steps": args.vae_steps, "batch_videos": args.vae_batch,
+                                        "minutes": round((time.time() - start) / 60, 1),
+                                        "final_loss": float(np.mean(losses[-50:]))}
+        info["vae"]["heldout_psnr_db"] = round(psnr, 2)
+        log(f"VAE held-out PSNR after decoder fine-tuning {psnr:.2f} dB")
+        save_folder(svd, out, info)
+    if args.stage in ("all", "unet"):
+        svd = load_svd(out)
+        if args.init:
+            init = load_svd(args.init)
+            svd.unet.load_state_dict(init.unet.state_dict())
+            svd.clip.load_state_dict(init.clip.state_dict())
+        t0 = time.time()
+
+        def save(step, losses):
+            info["unet"] = {"steps": step, "batch_videos": args.unet_batch,
+                            "minutes": round((time.time() - t0) / 60, 1),
+                            "final_loss": float(np.mean(losses[-100:]))}
+            save_folder(svd, out, info)
+            log(f"saved {out} at step {step}")
+
+        losses = train_i2v(svd, args.unet_steps, args.unet_batch, args.unet_lr, rng, log,
+                           save, args.save_every)
+        save(args.unet_steps, losses)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

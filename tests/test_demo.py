@@ -1,0 +1,132 @@
+"""The embedded demo: the procedural world, the shipped tiny weights, and the method on them.
+
+The slow tests run the whole method on the shipped weights (no training of the base model here):
+about a minute each on 2 CPU cores.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import edit
+from demo import world
+from demo.evaluate import WEIGHTS, Variant, run_variants, scores, trajectory_error
+from demo.pretrain import demo_config, diffusers_configs
+from svd.weights import load_svd, unet_config_from_diffusers, vae_config_from_diffusers
+
+
+# ---------------------------------------------------------------------------------------------
+# The world
+# ---------------------------------------------------------------------------------------------
+
+def test_world_is_deterministic_and_held_out_seeds_differ():
+    a, b = world.example(3, world.EditKind.RECOLOUR), world.example(3, world.EditKind.RECOLOUR)
+    assert np.array_equal(a["source"], b["source"]) and np.array_equal(a["edited"], b["edited"])
+    c = world.example(4, world.EditKind.RECOLOUR)
+    assert not np.array_equal(a["source"], c["source"])
+    assert a["source"].shape == (world.NUM_FRAMES, world.SIZE, world.SIZE, 3)
+    assert 0.0 <= a["source"].min() and a["source"].max() <= 1.0
+
+
+@pytest.mark.parametrize("kind", list(world.EditKind))
+def test_each_edit_changes_the_target_and_keeps_its_motion(kind):
+    """The ground truth differs from the source, its first frame is the edit, and the edited
+    object is found by its colour where the world drew it, in every frame."""
+    for seed in range(6):
+        ex = world.example(seed, kind)
+        assert np.abs(ex["edited"][0] - ex["source"][0]).max() > 0.3
+        found = world.colour_mask(ex["edited"], ex["target_colour"])
+        inside = (found & ex["edited_mask"]).sum() / max(found.sum(), 1)
+        assert inside > 0.9, (seed, inside)
+        # the same trajectory: the target's mask centroids in source and edit agree
+        for m_src, m_edit in zip(ex["source_mask"], ex["edited_mask"]):
+            c_src = np.argwhere(m_src).mean(0)
+            c_edit = np.argwhere(m_edit).mean(0)
+            assert np.linalg.norm(c_src - c_edit) < 2.0
+        if kind is not world.EditKind.STYLE:   # local edits leave the background alone
+            bg = ex["background"]
+            assert np.array_equal(ex["edited"][bg], ex["source"][bg])
+
+
+def test_objects_move_and_bounce_inside_the_frame():
+    moving = 0
+    for seed in range(20):
+        s = world.scene(seed)
+        for o in s.objects:
+            path = np.array([o.centre(t) for t in range(world.NUM_FRAMES)])
+            assert (path >= o.radius - 1e-6).all() and (path <= world.SIZE - o.radius + 1e-6).all()
+            moving += np.linalg.norm(path[-1] - path[0]) > 3
+    assert moving > 20
+
+
+def test_trajectory_error_is_zero_on_the_truth_and_grows_with_a_shift():
+    ex = world.example(5, world.EditKind.RESHAPE)
+    assert trajectory_error(ex["edited"], ex) == 0.0
+    shifted = np.roll(ex["edited"], 6, axis=2)             # 6 pixels to the right
+    assert 4.0 < trajectory_error(shifted, ex) < 8.0
+    s = scores(ex["edited"], ex)
+    assert s["psnr"] >= 99 and s["bg"] >= 99
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped weights
+# ---------------------------------------------------------------------------------------------
+
+def test_shipped_weights_load_through_the_official_loader():
+    """The folder is in the diffusers layout, parses to demo_config and stays under 30 MB."""
+    size = sum(p.stat().st_size for p in WEIGHTS.rglob("*.safetensors"))
+    assert size < 30e6, size
+    svd = load_svd(WEIGHTS)
+    expected = demo_config()
+    assert svd.config.unet == expected.unet
+    assert svd.config.vae.block_out_channels == expected.vae.block_out_channels
+    assert svd.config.vae.downsample_factor == 4
+    # the config.json files we write are what svd/weights.py parses
+    configs = diffusers_configs(svd.config)
+    assert unet_config_from_diffusers(configs["unet"]) == svd.config.unet
+    assert vae_config_from_diffusers(configs["vae"]) == svd.config.vae
+    info = json.loads((WEIGHTS / "pretraining.json").read_text())
+    assert info["vae"]["heldout_psnr_db"] >= 30
+
+
+@torch.no_grad()
+def test_shipped_vae_reconstructs_held_out_frames():
+    svd = load_svd(WEIGHTS)
+    ex = world.example(11, world.EditKind.RECOLOUR)
+    x = torch.from_numpy(ex["source"]).permute(0, 3, 1, 2) * 2 - 1
+    recon = svd.vae.decode(svd.vae.encode(x), world.NUM_FRAMES).clamp(-1, 1)
+    mse = float((((recon - x) / 2) ** 2).mean())
+    assert 10 * np.log10(1 / mse) > 28.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The method on the shipped weights
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed, kind", [(1, world.EditKind.RESHAPE), (2, world.EditKind.PATTERN)])
+def test_full_method_beats_plain_image_to_video_on_trajectory_error(seed, kind):
+    svd = load_svd(WEIGHTS)
+    ex = world.example(seed, kind)
+    out = run_variants(svd, ex, [Variant.PLAIN, Variant.FULL])
+    full, plain = scores(out[Variant.FULL], ex), scores(out[Variant.PLAIN], ex)
+    print(f"\nscene {seed} {kind.value}: trajectory error full {full['traj']:.2f} px, "
+          f"plain {plain['traj']:.2f} px; PSNR full {full['psnr']:.2f}, plain {plain['psnr']:.2f}")
+    assert full["traj"] < plain["traj"]
+
+
+def test_bare_edit_py_runs_the_demo(tmp_path, monkeypatch, capsys):
+    """`python edit.py` with no arguments: inputs, outputs and scores, in a run folder."""
+    monkeypatch.chdir(tmp_path)
+    assert edit.main([]) == 0
+    out = capsys.readouterr().out
+    runs = [p for p in (tmp_path / "runs" / "demo").iterdir() if p.name[0].isdigit()]
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run / "config.json").is_file() and (run / "lora" / "clip0.safetensors").is_file()
+    assert (run / "edited_first_frame.mp4").is_file()
+    assert (run / "edited_first_frame_side_by_side.mp4").is_file()
+    assert len(list((run / "edited_first_frame_frames").glob("*.png"))) == world.NUM_FRAMES
+    assert "I2VEdit (this run)" in out and "plain image-to-video" in out
+    assert not list(tmp_path.rglob(".*.tmp")) and not list(tmp_path.rglob(".*.png"))
