@@ -5,7 +5,7 @@ frames against the source passed through the VAE (the best any latent method can
 
     python bench/reconstruction.py                    # tiny random weights, CPU, about a minute
     python bench/reconstruction.py --weights demo/weights --world-seeds 0 1 2 3 4 \
-        --train-steps 120 --rank 16 --lr 2e-3      # the embedded demo model, world scenes
+        --train-steps 60 --rank 16 --lr 3e-3       # the embedded demo model, world scenes
 
 Prints one line per variant. With random weights the VAE decoder scrambles the pixels, so the
 latent error is the figure to read there; with trained weights both are.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
 from edit import (EditConfig, decode_latents, edit_clip, encode_video, frame_guidance,  # noqa: E402
-                  guided_denoiser, record_source)
+                  guided_denoiser, lora_scale, record_source)
 from edm import karras_sigmas, sample_euler  # noqa: E402
 from lora import load_lora_state_dict, set_lora_scale  # noqa: E402
 from svd.conditioning import encode_conditions  # noqa: E402
@@ -70,8 +70,8 @@ def reconstruct(svd, video: torch.Tensor, bucket: int, args) -> dict[str, tuple[
                              cfg.noise_aug_strength, g)
     noise = torch.randn(latents.shape, generator=g) * (sigmas[0] ** 2 + 1).sqrt()
     denoise = guided_denoiser(svd.unet, cond, frame_guidance(frames, 1.0, 2.0))
-    set_lora_scale(svd.unet, 0.0)                                       # a previous video's
-    report("plain image-to-video", sample_euler(denoise, noise, sigmas))
+    with lora_scale(svd.unet, 0.0):                                     # a previous video's
+        report("plain image-to-video", sample_euler(denoise, noise, sigmas))
 
     lora = train_motion_lora(svd, video, 0, TrainConfig(
         steps=args.train_steps, rank=args.rank, lr=args.lr, dropout=0.0, motion_bucket_id=bucket),

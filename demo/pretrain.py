@@ -19,7 +19,8 @@ Two stages, each plain Adam on one objective:
    guidance has an unconditional model to push against.
 
 The result is written in the diffusers folder layout (unet/, vae/, image_encoder/ with
-config.json and safetensors) and loads through svd.weights.load_svd like the official weights.
+config.json and the fp16 variant safetensors) and loads through svd.weights.load_svd like the
+official weights.
 
     python -m demo.pretrain --out demo/weights                # both stages
     python -m demo.pretrain --out demo/weights --stage unet   # stage 2 only, VAE from --out
@@ -35,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
-import torch.nn.functional as F
 
 from demo import world
 from edit import atomic_write, v_denoise
@@ -51,10 +51,17 @@ NOISE_AUG = 0.02                 # SVD's conditioning-image noise, as at edit ti
 
 
 def demo_config() -> SVDConfig:
-    unet = UNetConfig(block_out_channels=(32, 64, 64, 64), num_attention_heads=(2, 4, 4, 4),
+    # GroupNorm always has 32 groups (as in SVD), so a 32-channel layer normalises every channel
+    # on its own, and the norm right before an output conv (conv_norm_out of the VAE encoder and
+    # decoder and of the U-Net) then erases each channel's mean and scale: a frame's absolute
+    # colours are lost (a first version at width 32 decoded every background greyish). With
+    # three channels per group they can be carried (e.g. a channel, its negative and a constant
+    # share one mean), hence 96 there; the shipped VAE has learned that only in part (its
+    # reconstructions still carry a per-frame colour bias, see README "The embedded demo").
+    unet = UNetConfig(block_out_channels=(96, 64, 64, 64), num_attention_heads=(6, 4, 4, 4),
                       cross_attention_dim=32, addition_time_embed_dim=32,
                       num_frames=world.NUM_FRAMES)                   # head dim 16
-    vae = VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1)   # downsample 4
+    vae = VAEConfig(block_out_channels=(96, 96, 96), layers_per_block=1)   # downsample 4
     return SVDConfig(unet=unet, vae=vae, clip=CLIPConfig.tiny())
 
 
@@ -96,17 +103,20 @@ def diffusers_configs(cfg: SVDConfig) -> dict[str, dict]:
 
 
 def save_folder(svd: SVD, out: Path, info: dict) -> None:
-    """Write `svd` as a diffusers folder (fp32 safetensors), each file atomically."""
+    """Write `svd` as a diffusers folder, each file atomically. The weights go in the `fp16`
+    variant files the official folders also carry (`diffusion_pytorch_model.fp16.safetensors`),
+    which keeps the demo under 30 MB; load_svd reads them into any dtype."""
     files = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
              "image_encoder": "model"}
     modules = {"unet": svd.unet, "vae": svd.vae, "image_encoder": svd.clip}
     for sub, config in diffusers_configs(svd.config).items():
         folder = out / sub
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().float().contiguous().cpu()
+        tensors = {k: v.detach().half().contiguous().cpu()
                    for k, v in modules[sub].state_dict().items()}
-        atomic_write(folder / f"{files[sub]}.safetensors",
+        atomic_write(folder / f"{files[sub]}.fp16.safetensors",
                      lambda tmp, t=tensors: safetensors.torch.save_file(t, tmp))
+        (folder / f"{files[sub]}.safetensors").unlink(missing_ok=True)   # an older fp32 file
         atomic_write(folder / "config.json", lambda tmp, c=config: tmp.write_text(
             json.dumps(c, indent=2)))
     atomic_write(out / "pretraining.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
@@ -167,6 +177,10 @@ def train_vae(vae: VAE, steps: int, batch_size: int, lr: float, rng: np.random.G
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             log(f"vae step {step}/{steps} loss {np.mean(losses[-50:]):.4f}")
+        if step % 250 == 249:
+            vae.eval()
+            log(f"vae step {step + 1}: held-out PSNR {vae_psnr(vae, range(4)):.2f} dB (4 videos)")
+            vae.train()
     vae.eval().requires_grad_(False)
     return losses
 
@@ -245,14 +259,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="demo/weights", help="diffusers folder to write")
     p.add_argument("--stage", choices=["all", "vae", "unet", "decoder"], default="all",
                    help="decoder: fine-tune the VAE decoder of --out alone (latents unchanged)")
-    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-steps", type=int, default=1400)
     p.add_argument("--vae-batch", type=int, default=4, help="scenes per step (2 frames each)")
     p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--unet-steps", type=int, default=3000)
+    p.add_argument("--unet-steps", type=int, default=1300)
     p.add_argument("--unet-batch", type=int, default=4)
     p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--init", default="", help="start stage 2 from this folder's U-Net and encoder")
-    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = p.parse_args(argv)
