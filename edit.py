@@ -22,31 +22,28 @@ Hugging Face cache folder is searched (no hub library needed).
 """
 
 import argparse
-import contextlib
 import enum
-import hashlib
 import json
 import os
 import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field, fields
-from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from attention import (Branch, DiskStore, MemoryStore, RecordSourceAttention, SkipIntervalKV,
                        SpatialAttentionMatching, StepState, TemporalAttentionInjection,
                        attention_layers, installed, plain_attention)
 from edm import invert_euler, karras_sigmas, sample_euler, v_preconditioning
 from lora import (LoRAError, add_lora, is_temporal_transformer_linear, load_lora,
-                  load_lora_state_dict, lora_layers, lora_state_dict, read_lora_metadata)
+                  load_lora_state_dict, lora_scale, lora_state_dict, read_lora_metadata)
 from svd.conditioning import Conditions, encode_conditions, zero_conditions
-from svd.weights import SVD, WeightsError, load_svd
+from svd.latents import decode_latents, encode_video
+from svd.media import (InputError, atomic_write, check_frame_size, load_image, load_video,
+                       make_run_dir, save_frames, save_video, to_uint8)
+from svd.weights import SVD, WeightsError, base_model_id, load_svd
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +152,7 @@ def parse_config(argv: list[str] | None = None) -> EditConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# SVD as an EDM denoiser D(x, sigma) -> x0_hat
+# SVD as an EDM denoiser D(x, sigma) -> x0_hat, and plain image-to-video
 # ---------------------------------------------------------------------------------------------
 
 def v_denoise(unet, x: torch.Tensor, sigma: torch.Tensor, cond: Conditions) -> torch.Tensor:
@@ -193,16 +190,6 @@ def guided_denoiser(unet, cond: Conditions, guidance: torch.Tensor):
 
 
 @torch.no_grad()
-def decode_latents(svd: SVD, latents: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
-    """latents (B, F, 4, h, w) -> frames (B, F, 3, H, W) in [0, 1], float32."""
-    B, F_ = latents.shape[:2]
-    dtype = next(svd.vae.parameters()).dtype
-    z = (latents / svd.config.vae.scaling_factor).flatten(0, 1).to(dtype)   # (B*F, 4, h, w)
-    frames = svd.vae.decode(z, num_frames=F_, chunk_size=chunk_size or None).float()
-    return (frames / 2 + 0.5).clamp(0, 1).reshape(B, F_, *frames.shape[1:])
-
-
-@torch.no_grad()
 def generate_video(svd: SVD, image: torch.Tensor, num_frames: int = 14, steps: int = 25,
                    min_guidance: float = 1.0, max_guidance: float = 3.0, fps: int = 7,
                    motion_bucket_id: int = 127, noise_aug_strength: float = 0.02,
@@ -216,48 +203,16 @@ def generate_video(svd: SVD, image: torch.Tensor, num_frames: int = 14, steps: i
     cond = encode_conditions(svd.clip, svd.vae, image, fps, motion_bucket_id, noise_aug_strength,
                              generator)
     sigmas = karras_sigmas(steps).to(image.device)
-    h, w = image.shape[-2] // svd.config.vae.downsample_factor, image.shape[-1] // svd.config.vae.downsample_factor
+    down = svd.config.vae.downsample_factor
+    h, w = image.shape[-2] // down, image.shape[-1] // down
     noise = torch.randn((1, num_frames, svd.config.vae.latent_channels, h, w), generator=generator,
                         device=image.device, dtype=torch.float32)
     # The reference starts from sqrt(sigma_0^2 + 1) * noise, not sigma_0 * noise (svd.md §7 #20).
     x = noise * (sigmas[0] ** 2 + 1).sqrt()
-    denoise = guided_denoiser(svd.unet, cond, frame_guidance(num_frames, min_guidance, max_guidance))
+    guidance = frame_guidance(num_frames, min_guidance, max_guidance)      # (1, F, 1, 1, 1)
+    denoise = guided_denoiser(svd.unet, cond, guidance)
     latents = sample_euler(denoise, x, sigmas, progress=progress)
     return decode_latents(svd, latents, decode_chunk_size)[0]
-
-
-@torch.no_grad()
-def encode_video(svd: SVD, frames: torch.Tensor) -> torch.Tensor:
-    """frames (F, 3, H, W) in [-1, 1] -> diffusion latents (1, F, 4, h, w) float32: the VAE
-    posterior mean times the scaling factor (0.18215 for SVD)."""
-    dtype = next(svd.vae.parameters()).dtype
-    latents = svd.vae.encode(frames.to(dtype)).float() * svd.config.vae.scaling_factor
-    return latents[None]
-
-
-@contextlib.contextmanager
-def lora_scale(unet, scale: float):
-    """Set every LoRA layer's scale inside the block (no-op without adapters); restore after."""
-    layers = lora_layers(unet).values()
-    previous = [m.scale for m in layers]
-    for m in layers:
-        m.scale = scale
-    try:
-        yield
-    finally:
-        for m, s in zip(layers, previous):
-            m.scale = s
-
-
-def base_model_id(svd: SVD) -> str:
-    """A fingerprint of the U-Net a LoRA was trained on: architecture plus a statistic of two
-    weights. The mean |w| over thousands of values survives loading in fp32, fp16 or bf16 to
-    the printed digits, and differs between different trainings (svd vs svd-xt)."""
-    unet = svd.unet
-    arch = hashlib.sha256(repr(unet.config).encode()).hexdigest()[:12]
-    stats = [float(unet.conv_in.weight.float().abs().mean()),
-             float(unet.conv_out.weight.float().abs().mean())]
-    return f"svd-unet-{arch}-" + "-".join(f"{s:.3e}" for s in stats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,121 +418,6 @@ def edit_video(svd: SVD, sources: list[SourceRecord], image: torch.Tensor, loras
 # ---------------------------------------------------------------------------------------------
 # Input and output
 # ---------------------------------------------------------------------------------------------
-
-class InputError(ValueError):
-    """Bad user input; the message is one line."""
-
-
-def load_image(path: str, height: int, width: int) -> torch.Tensor:
-    """Image file -> (1, 3, H, W) in [-1, 1], resized with Lanczos as the reference does."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{path}: not a readable image ({e})") from None
-    if im.size != (width, height):
-        im = im.resize((width, height), Image.LANCZOS)
-    return pil_to_tensor(im)
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(F, 3, H, W) in [0, 1] -> (F, H, W, 3) uint8."""
-    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_video(frames: np.ndarray, path: Path, fps: float) -> None:
-    """(F, H, W, 3) uint8 -> H.264 mp4 (av is imported here so the rest runs without it)."""
-    import av
-
-    fps = Fraction(fps).limit_denominator(1000)            # 2.5 fps is a valid stream rate
-
-    def write(tmp: Path):
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
-
-    atomic_write(path, write)
-
-
-def save_frames(frames: np.ndarray, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, frame in enumerate(frames):
-        atomic_write(folder / f"{i:04d}.png", lambda tmp, f=frame: Image.fromarray(f).save(tmp, format="PNG"))
-
-
-def make_run_dir(out_dir: str) -> Path:
-    run = Path(out_dir) / time.strftime("%Y%m%d-%H%M%S")
-    suffix = 0
-    while run.exists():
-        suffix += 1
-        run = Path(out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
-    run.mkdir(parents=True)
-    return run
-
-
-def load_video(path: str, sample_fps: float, start_t: float, end_t: float, height: int,
-               width: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Video file -> (frames (N, 3, H, W) in [-1, 1] sampled at `sample_fps` from start_t to
-    end_t (0 = the end), the video's own (width, height)). Each sample is the decoded frame
-    nearest in time; frames are resized with Lanczos like the images. av is imported here so
-    the rest of the project runs without it."""
-    import av
-
-    if not Path(path).is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise InputError(f"{path}: no video stream")
-            decoded = [(float(f.time or 0.0), f.to_image()) for f in container.decode(video=0)]
-    except av.error.FFmpegError as e:
-        raise InputError(f"{path}: not a readable video ({e})") from None
-    if not decoded:
-        raise InputError(f"{path}: no decodable frames")
-    times = np.array([t for t, _ in decoded])
-    end = times[-1] if end_t <= 0 else min(end_t, times[-1])
-    targets = np.arange(start_t, end + 1e-6, 1.0 / sample_fps)
-    frames = []
-    for t in targets:
-        image = decoded[int(np.abs(times - t).argmin())][1].convert("RGB")
-        frames.append(pil_to_tensor(image.resize((width, height), Image.LANCZOS)))
-    if not frames:
-        raise InputError(f"{path}: nothing between {start_t} s and {end_t} s")
-    return torch.cat(frames), decoded[0][1].size
-
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)   # (H, W, 3)
-    return pixels.permute(2, 0, 1)[None] * 2 - 1                             # (1, 3, H, W)
-
-
-def check_frame_size(path: str, video_size: tuple[int, int], working_size: tuple[int, int]):
-    """An edited first frame must have the source frame's size, or the working size."""
-    with Image.open(path) as im:
-        size = im.size
-    if size not in (video_size, working_size):
-        raise InputError(f"{path}: {size[0]}x{size[1]} pixels, but the video's frames are "
-                         f"{video_size[0]}x{video_size[1]} (working size "
-                         f"{working_size[0]}x{working_size[1]}); edit the video's first frame")
-
 
 def find_weights(given: str) -> str:
     """--weights, or the newest SVD snapshot in the Hugging Face cache (read as a plain folder)."""

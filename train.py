@@ -36,15 +36,16 @@ from tqdm import tqdm
 
 from attention import Branch, MemoryStore, SkipIntervalKV, StepState, attention_layers, installed
 from edm import edm_loss_weight, inversion_sigmas, karras_sigmas, sample_training_sigmas
-from edit import (EditConfig, InputError, atomic_write, base_model_id, build_parser,
-                  encode_video, find_weights, knob, load_video, make_run_dir, record_source,
-                  split_clips, v_denoise)
+from edit import (EditConfig, build_parser, find_weights, knob, record_source, split_clips,
+                  v_denoise)
 from lora import (LoRAError, add_lora, export_single_file, is_temporal_transformer_linear,
                   load_lora_state_dict, lora_layers, lora_parameters, lora_state_dict, remove_lora,
                   save_lora)
 from svd.conditioning import Conditions, encode_conditions
+from svd.latents import encode_video
+from svd.media import InputError, atomic_write, load_video, make_run_dir
 from svd.single_file import unet_transformer_path_to_sgm
-from svd.weights import SVD, WeightsError, load_svd
+from svd.weights import SVD, WeightsError, base_model_id, load_svd
 
 
 @dataclass

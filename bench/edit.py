@@ -20,10 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
-from edit import EditConfig, decode_latents, edit_clip, record_source  # noqa: E402
+from edit import EditConfig, edit_clip, record_source  # noqa: E402
 from lora import add_lora, is_temporal_transformer_linear  # noqa: E402
 from svd.clip import CLIPVisionEncoder  # noqa: E402
 from svd.config import SVDConfig  # noqa: E402
+from svd.latents import decode_latents  # noqa: E402
 from svd.unet import UNet  # noqa: E402
 from svd.vae import VAE  # noqa: E402
 from svd.weights import SVD  # noqa: E402

@@ -10,13 +10,10 @@ peak resident memory of each next to the bytes of the weights in the requested d
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from safetensors.torch import save_file  # noqa: E402

@@ -40,8 +40,9 @@ from PIL import Image
 
 from attention import StepState
 from demo import world
-from edit import (EditConfig, atomic_write, edit_video, generate_video, lora_scale,
-                  record_source)
+from edit import EditConfig, edit_video, generate_video, record_source
+from lora import lora_scale
+from svd.media import atomic_write
 from svd.weights import SVD, load_svd
 from train import TrainConfig, train_motion_lora
 

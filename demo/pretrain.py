@@ -38,11 +38,12 @@ import safetensors.torch
 import torch
 
 from demo import world
-from edit import atomic_write, v_denoise
+from edit import v_denoise
 from edm import edm_loss_weight
 from svd.clip import CLIPVisionEncoder, preprocess
 from svd.conditioning import Conditions
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
+from svd.media import atomic_write
 from svd.unet import UNet
 from svd.vae import VAE
 from svd.weights import SVD, load_svd
@@ -144,7 +145,8 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def train_vae(vae: VAE, steps: int, batch_size: int, lr: float, rng: np.random.Generator,
-              log, short_clips: float = 0.85, decoder_only: bool = False) -> list[float]:
+              log, short_clips: float = 0.85, decoder_only: bool = False,
+              colour_weight: float = 0.0) -> list[float]:
     """Encoder and temporal decoder as a deterministic autoencoder on the posterior mean (SVD
     only ever uses the mean), with a small penalty that keeps the latents' scale bounded. Most
     steps see `batch_size` scenes of 2 frames each (many scenes per step learn faster than one
@@ -152,7 +154,11 @@ def train_vae(vae: VAE, steps: int, batch_size: int, lr: float, rng: np.random.G
     temporal layers of the decoder learn the clip length they are used at.
 
     decoder_only: the encoder stays frozen, so the latents a U-Net was trained on do not change
-    (Stable Diffusion's VAE decoder was fine-tuned the same way)."""
+    (Stable Diffusion's VAE decoder was fine-tuned the same way).
+
+    colour_weight: extra weight on each frame's mean colour error. Most of the tiny VAE's error
+    is a per-frame colour offset (its last GroupNorm sees 3 channels per group, which keeps
+    absolute colour only through relations between channels, slow to learn)."""
     vae.train().requires_grad_(True)
     if decoder_only:
         vae.encoder.requires_grad_(False)
@@ -170,7 +176,9 @@ def train_vae(vae: VAE, steps: int, batch_size: int, lr: float, rng: np.random.G
         with torch.set_grad_enabled(not decoder_only):
             mean = vae.encode(x)
         recon = vae.decode(mean, frames.shape[1])
-        loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + 1e-4 * (mean ** 2).mean()
+        err = recon - x                                                   # (B*F, 3, H, W)
+        loss = (err.abs().mean() + (err ** 2).mean() + 1e-4 * (mean ** 2).mean()
+                + colour_weight * (err.mean(dim=(2, 3)) ** 2).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -202,6 +210,24 @@ def vae_psnr(vae: VAE, seeds) -> float:
         mse = (((recon.clamp(-1, 1) - x) / 2) ** 2).mean()
         scores.append(float(10 * torch.log10(1 / mse)))
     return float(np.mean(scores))
+
+
+@torch.no_grad()
+def colour_response(vae: VAE, seed: int = 0, shift: float = 0.2) -> list[float]:
+    """How much of a uniform shift of one colour channel survives encode -> decode, per channel
+    (1 = all of it). A VAE whose last GroupNorms erase a channel's absolute level shows ~0 here
+    (an earlier tiny VAE kept red and blue but not green, so red and yellow objects were nearly
+    the same latent)."""
+    frames, _ = batch([seed])
+    x = frames[0]
+    base = vae.decode(vae.encode(x), world.NUM_FRAMES)
+    out = []
+    for c in range(3):
+        shifted = x.clone()
+        shifted[:, c] += shift
+        moved = vae.decode(vae.encode(shifted), world.NUM_FRAMES) - base     # (F, 3, H, W)
+        out.append(round(float(moved[:, c].mean()) / shift, 3))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +288,10 @@ def main(argv=None) -> int:
     p.add_argument("--vae-steps", type=int, default=1400)
     p.add_argument("--vae-batch", type=int, default=4, help="scenes per step (2 frames each)")
     p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-short-clips", type=float, default=0.85,
+                   help="fraction of VAE steps on 2-frame clips, the rest on whole videos")
+    p.add_argument("--vae-colour-weight", type=float, default=0.0,
+                   help="extra loss weight on each frame's mean colour (see train_vae)")
     p.add_argument("--unet-steps", type=int, default=1300)
     p.add_argument("--unet-batch", type=int, default=4)
     p.add_argument("--unet-lr", type=float, default=1e-3)
@@ -286,16 +316,20 @@ def main(argv=None) -> int:
     cfg = demo_config()
     if args.stage in ("all", "vae"):
         vae = VAE(cfg.vae)
-        vae_losses = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, log)
+        vae_losses = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, log,
+                               short_clips=args.vae_short_clips, colour_weight=args.vae_colour_weight)
         std = latent_std(vae, range(world.HELD_OUT_SEEDS, world.HELD_OUT_SEEDS + 16))
         cfg = replace(cfg, vae=replace(cfg.vae, scaling_factor=round(1.0 / std, 5)))
         vae.config = cfg.vae
         psnr = vae_psnr(vae, range(50))               # held-out seeds
         info["vae"] = {"steps": args.vae_steps, "batch_videos": args.vae_batch,
+                       "colour_weight": args.vae_colour_weight,
                        "minutes": round((time.time() - start) / 60, 1),
                        "final_loss": float(np.mean(vae_losses[-50:])),
                        "heldout_psnr_db": round(psnr, 2), "scaling_factor": cfg.vae.scaling_factor}
-        log(f"VAE held-out PSNR {psnr:.2f} dB, scaling factor {cfg.vae.scaling_factor}")
+        info["vae"]["colour_response_rgb"] = colour_response(vae)
+        log(f"VAE held-out PSNR {psnr:.2f} dB, scaling factor {cfg.vae.scaling_factor}, "
+            f"colour response (R, G, B) {info['vae']['colour_response_rgb']}")
         unet, clip = UNet(cfg.unet), CLIPVisionEncoder(cfg.clip)
         # The only parameter our modules leave uninitialised (they are built to be loaded).
         torch.nn.init.normal_(clip.vision_model.embeddings.class_embedding, std=0.02)
@@ -303,11 +337,16 @@ def main(argv=None) -> int:
     if args.stage == "decoder":
         svd = load_svd(out)
         losses = train_vae(svd.vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, log,
-                           decoder_only=True)
+                           short_clips=args.vae_short_clips, decoder_only=True,
+                           colour_weight=args.vae_colour_weight)
         psnr = vae_psnr(svd.vae, range(50))
-        info["vae_decoder_finetune"] = {"steps": args.vae_steps, "batch_videos": args.vae_batch,
-                                        "minutes": round((time.time() - start) / 60, 1),
-                                        "final_loss": float(np.mean(losses[-50:]))}
+        runs = info.get("vae_decoder_finetune", [])
+        runs = [runs] if isinstance(runs, dict) else runs     # one run was recorded as a dict
+        info["vae_decoder_finetune"] = runs + [{
+            "steps": args.vae_steps, "batch_videos": args.vae_batch, "lr": args.vae_lr,
+            "colour_weight": args.vae_colour_weight,
+            "short_clips": args.vae_short_clips, "minutes": round((time.time() - start) / 60, 1),
+            "final_loss": float(np.mean(losses[-50:])), "heldout_psnr_db": round(psnr, 2)}]
         info["vae"]["heldout_psnr_db"] = round(psnr, 2)
         log(f"VAE held-out PSNR after decoder fine-tuning {psnr:.2f} dB")
         save_folder(svd, out, info)

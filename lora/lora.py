@@ -30,6 +30,7 @@ cloneofsimo/lora `LoraInjectedLinear` (used by I2VEdit; init, names, formula); p
 (lora/targets.py has I2VEdit's).
 """
 
+import contextlib
 import json
 import os
 import uuid
@@ -130,6 +131,20 @@ def set_lora_scale(model: nn.Module, scale: float) -> None:
         raise LoRAError("set_lora_scale: the model has no LoRA layers")
     for m in layers.values():
         m.scale = float(scale)
+
+
+@contextlib.contextmanager
+def lora_scale(model: nn.Module, scale: float):
+    """Set every LoRA layer's scale inside the block (no-op without adapters); restore after."""
+    layers = lora_layers(model).values()
+    previous = [m.scale for m in layers]
+    for m in layers:
+        m.scale = scale
+    try:
+        yield
+    finally:
+        for m, s in zip(layers, previous):
+            m.scale = s
 
 
 def lora_state_dict(model: nn.Module, prefix: str = "unet.") -> dict[str, torch.Tensor]:

@@ -12,8 +12,6 @@ U-Net's attention is hookable; here attention is a plain function. Shapes: B ima
 (tests/test_clip.py); see shared/docs/svd.md §3.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn

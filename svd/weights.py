@@ -24,6 +24,7 @@ safetensors files are read: pickle checkpoints (.ckpt/.pt/.bin) are refused, nev
 Command line: `python -m svd.weights PATH` loads and prints a summary (or one line of error).
 """
 
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -300,6 +301,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:5s} {sum(p.numel() for p in model.parameters()):>13,} parameters, "
               f"{len(model.state_dict())} tensors, {args.dtype}")
     return 0
+
+
+def base_model_id(svd: SVD) -> str:
+    """A fingerprint of the U-Net a LoRA was trained on: architecture plus a statistic of two
+    weights. The mean |w| over thousands of values survives loading in fp32, fp16 or bf16 to
+    the printed digits, and differs between different trainings (svd vs svd-xt)."""
+    unet = svd.unet
+    arch = hashlib.sha256(repr(unet.config).encode()).hexdigest()[:12]
+    stats = [float(unet.conv_in.weight.float().abs().mean()),
+             float(unet.conv_out.weight.float().abs().mean())]
+    return f"svd-unet-{arch}-" + "-".join(f"{s:.3e}" for s in stats)
 
 
 if __name__ == "__main__":

@@ -141,9 +141,8 @@ def test_train_then_edit_writes_every_output(scene, weights, trained, tmp_path):
 
 def other_base_lora(path, weights_seed, tmp_path, cfg=None):
     """A LoRA file trained (0 steps) on other weights: another seed, or another shape."""
-    from edit import base_model_id
     from lora import add_lora, is_temporal_transformer_linear, save_lora
-    from svd.weights import load_svd
+    from svd.weights import base_model_id, load_svd
 
     root = tmp_path / f"other{weights_seed}"
     save_oracle_folder(root, cfg or SVDConfig.tiny(), seed=weights_seed)

@@ -5,9 +5,10 @@ import torch
 import pytest
 
 from attention import MemoryStore, StepState
-from edit import (EditConfig, InputError, SourceAttention, edit_clip, edit_video,
-                  perturb_smooth_areas, record_source, split_clips)
+from edit import (EditConfig, SourceAttention, edit_clip, edit_video, perturb_smooth_areas,
+                  record_source, split_clips)
 from svd.config import SVDConfig
+from svd.media import InputError
 from svd.weights import load_svd
 from tests.helpers import save_oracle_folder
 
