@@ -57,8 +57,8 @@ def demo_config() -> SVDConfig:
     # decoder and of the U-Net) then erases each channel's mean and scale: a frame's absolute
     # colours are lost (a first version at width 32 decoded every background greyish). With
     # three channels per group they can be carried (e.g. a channel, its negative and a constant
-    # share one mean), hence 96 there; the shipped VAE has learned that only in part (its
-    # reconstructions still carry a per-frame colour bias, see README "The embedded demo").
+    # share one mean), hence 96 there; the shipped VAE has learned that for two colour channels
+    # of three (colour_response; its reconstructions carry a per-frame colour bias, README).
     unet = UNetConfig(block_out_channels=(96, 64, 64, 64), num_attention_heads=(6, 4, 4, 4),
                       cross_attention_dim=32, addition_time_embed_dim=32,
                       num_frames=world.NUM_FRAMES)                   # head dim 16
@@ -145,8 +145,7 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def train_vae(vae: VAE, steps: int, batch_size: int, lr: float, rng: np.random.Generator,
-              log, short_clips: float = 0.85, decoder_only: bool = False,
-              colour_weight: float = 0.0) -> list[float]:
+              log, short_clips: float = 0.85, decoder_only: bool = False) -> list[float]:
     """Encoder and temporal decoder as a deterministic autoencoder on the posterior mean (SVD
     only ever uses the mean), with a small penalty that keeps the latents' scale bounded. Most
     steps see `batch_size` scenes of 2 frames each (many scenes per step learn faster than one
@@ -154,11 +153,7 @@ def train_vae(vae: VAE, steps: int, batch_size: int, lr: float, rng: np.random.G
     temporal layers of the decoder learn the clip length they are used at.
 
     decoder_only: the encoder stays frozen, so the latents a U-Net was trained on do not change
-    (Stable Diffusion's VAE decoder was fine-tuned the same way).
-
-    colour_weight: extra weight on each frame's mean colour error. Most of the tiny VAE's error
-    is a per-frame colour offset (its last GroupNorm sees 3 channels per group, which keeps
-    absolute colour only through relations between channels, slow to learn)."""
+    (Stable Diffusion's VAE decoder was fine-tuned the same way)."""
     vae.train().requires_grad_(True)
     if decoder_only:
         vae.encoder.requires_grad_(False)
@@ -176,9 +171,7 @@ def train_vae(vae: VAE, steps: int, batch_size: int, lr: float, rng: np.random.G
         with torch.set_grad_enabled(not decoder_only):
             mean = vae.encode(x)
         recon = vae.decode(mean, frames.shape[1])
-        err = recon - x                                                   # (B*F, 3, H, W)
-        loss = (err.abs().mean() + (err ** 2).mean() + 1e-4 * (mean ** 2).mean()
-                + colour_weight * (err.mean(dim=(2, 3)) ** 2).mean())
+        loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + 1e-4 * (mean ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -215,9 +208,9 @@ def vae_psnr(vae: VAE, seeds) -> float:
 @torch.no_grad()
 def colour_response(vae: VAE, seed: int = 0, shift: float = 0.2) -> list[float]:
     """How much of a uniform shift of one colour channel survives encode -> decode, per channel
-    (1 = all of it). A VAE whose last GroupNorms erase a channel's absolute level shows ~0 here
-    (an earlier tiny VAE kept red and blue but not green, so red and yellow objects were nearly
-    the same latent)."""
+    (1 = all of it). A VAE whose last GroupNorms erase a channel's absolute level shows ~0 there:
+    the shipped VAE gives (0.96, 0.06, 0.81), so it keeps red and blue levels but not green, and
+    a retraining with another seed lost red instead (README "The embedded demo")."""
     frames, _ = batch([seed])
     x = frames[0]
     base = vae.decode(vae.encode(x), world.NUM_FRAMES)
@@ -288,10 +281,6 @@ def main(argv=None) -> int:
     p.add_argument("--vae-steps", type=int, default=1400)
     p.add_argument("--vae-batch", type=int, default=4, help="scenes per step (2 frames each)")
     p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--vae-short-clips", type=float, default=0.85,
-                   help="fraction of VAE steps on 2-frame clips, the rest on whole videos")
-    p.add_argument("--vae-colour-weight", type=float, default=0.0,
-                   help="extra loss weight on each frame's mean colour (see train_vae)")
     p.add_argument("--unet-steps", type=int, default=1300)
     p.add_argument("--unet-batch", type=int, default=4)
     p.add_argument("--unet-lr", type=float, default=1e-3)
@@ -316,14 +305,12 @@ def main(argv=None) -> int:
     cfg = demo_config()
     if args.stage in ("all", "vae"):
         vae = VAE(cfg.vae)
-        vae_losses = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, log,
-                               short_clips=args.vae_short_clips, colour_weight=args.vae_colour_weight)
+        vae_losses = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, log)
         std = latent_std(vae, range(world.HELD_OUT_SEEDS, world.HELD_OUT_SEEDS + 16))
         cfg = replace(cfg, vae=replace(cfg.vae, scaling_factor=round(1.0 / std, 5)))
         vae.config = cfg.vae
         psnr = vae_psnr(vae, range(50))               # held-out seeds
         info["vae"] = {"steps": args.vae_steps, "batch_videos": args.vae_batch,
-                       "colour_weight": args.vae_colour_weight,
                        "minutes": round((time.time() - start) / 60, 1),
                        "final_loss": float(np.mean(vae_losses[-50:])),
                        "heldout_psnr_db": round(psnr, 2), "scaling_factor": cfg.vae.scaling_factor}
@@ -337,18 +324,17 @@ def main(argv=None) -> int:
     if args.stage == "decoder":
         svd = load_svd(out)
         losses = train_vae(svd.vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, log,
-                           short_clips=args.vae_short_clips, decoder_only=True,
-                           colour_weight=args.vae_colour_weight)
+                           decoder_only=True)
         psnr = vae_psnr(svd.vae, range(50))
-        runs = info.get("vae_decoder_finetune", [])
-        runs = [runs] if isinstance(runs, dict) else runs     # one run was recorded as a dict
-        info["vae_decoder_finetune"] = runs + [{
+        info["vae_decoder_finetune"] = info.get("vae_decoder_finetune", []) + [{
             "steps": args.vae_steps, "batch_videos": args.vae_batch, "lr": args.vae_lr,
-            "colour_weight": args.vae_colour_weight,
-            "short_clips": args.vae_short_clips, "minutes": round((time.time() - start) / 60, 1),
+            "minutes": round((time.time() - start) / 60, 1),
             "final_loss": float(np.mean(losses[-50:])), "heldout_psnr_db": round(psnr, 2)}]
         info["vae"]["heldout_psnr_db"] = round(psnr, 2)
-        log(f"VAE held-out PSNR after decoder fine-tuning {psnr:.2f} dB")
+        # The decoder cannot bring back a level the frozen encoder has already lost.
+        info["vae"]["colour_response_rgb"] = colour_response(svd.vae)
+        log(f"VAE held-out PSNR after decoder fine-tuning {psnr:.2f} dB, colour response "
+            f"(R, G, B) {info['vae']['colour_response_rgb']}")
         save_folder(svd, out, info)
     if args.stage in ("all", "unet"):
         svd = load_svd(out)
