@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from svd.config import SVDConfig
+from svd.media import save_video
 from tests.helpers import save_oracle_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,18 +79,6 @@ def test_bad_input_is_one_line(case, weights, frame, tmp_path):
 # The whole method: train.py, then edit.py with its LoRA files
 # ---------------------------------------------------------------------------------------------
 
-def write_video(path, frames, fps=5):
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        for f in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        container.mux(stream.encode())
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """A 5-frame 32x32 video of a moving square, its edited first frame, LoRAs trained by
@@ -98,7 +87,7 @@ def scene(tmp_path_factory):
     frames = np.full((5, 32, 32, 3), 40, np.uint8)
     for t in range(5):
         frames[t, 8:20, 2 + 4 * t: 14 + 4 * t] = (220, 40, 40)
-    write_video(root / "src.mp4", frames)
+    save_video(frames, root / "src.mp4", fps=5)
     edited = frames[0].copy()
     edited[8:20, 2:14] = (40, 220, 40)
     Image.fromarray(edited).save(root / "edit.png")
