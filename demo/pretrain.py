@@ -29,6 +29,7 @@ official weights.
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -46,7 +47,7 @@ from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
 from svd.media import atomic_write
 from svd.unet import UNet
 from svd.vae import VAE
-from svd.weights import SVD, load_svd
+from svd.weights import SVD, WeightsError, load_svd
 
 NOISE_AUG = 0.02                 # SVD's conditioning-image noise, as at edit time
 
@@ -358,4 +359,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except WeightsError as e:       # stages unet/decoder read --out (and --init) first
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
