@@ -39,10 +39,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 
 from demo import world
+from demo.folder import save_folder
 from edit import v_denoise
 from edm import edm_loss_weight
 from svd.blocks import ResBlock, TemporalResBlock
@@ -50,7 +50,6 @@ from svd.clip import CLIPVisionEncoder, preprocess
 from svd.conditioning import Conditions
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
 from svd.layers import Attention
-from svd.media import atomic_write
 from svd.unet import UNet
 from svd.vae import VAE
 from svd.weights import SVD, WeightsError, load_svd
@@ -71,63 +70,6 @@ def demo_config() -> SVDConfig:
                       num_frames=world.NUM_FRAMES)                   # head dim 16
     vae = VAEConfig(block_out_channels=(96, 96, 96), layers_per_block=1)   # downsample 4
     return SVDConfig(unet=unet, vae=vae, clip=CLIPConfig.tiny())
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing a diffusers folder (the inverse of svd/weights.py's config parsing)
-# ---------------------------------------------------------------------------------------------
-
-def diffusers_configs(cfg: SVDConfig) -> dict[str, dict]:
-    u, v, c = cfg.unet, cfg.vae, cfg.clip
-    down = ["CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal"
-            for a in u.attention_levels]
-    up = ["CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal"
-          for a in reversed(u.attention_levels)]
-    return {
-        "unet": {"_class_name": "UNetSpatioTemporalConditionModel", "in_channels": u.in_channels,
-                 "out_channels": u.out_channels, "down_block_types": down,
-                 "up_block_types": up, "block_out_channels": list(u.block_out_channels),
-                 "num_attention_heads": list(u.num_attention_heads),
-                 "layers_per_block": u.layers_per_block,
-                 "cross_attention_dim": u.cross_attention_dim,
-                 "addition_time_embed_dim": u.addition_time_embed_dim,
-                 "projection_class_embeddings_input_dim": u.num_added_ids * u.addition_time_embed_dim,
-                 "transformer_layers_per_block": 1, "num_frames": u.num_frames,
-                 "sample_size": world.SIZE // v.downsample_factor},
-        "vae": {"_class_name": "AutoencoderKLTemporalDecoder", "in_channels": v.in_channels,
-                "out_channels": v.out_channels, "latent_channels": v.latent_channels,
-                "down_block_types": ["DownEncoderBlock2D"] * len(v.block_out_channels),
-                "block_out_channels": list(v.block_out_channels),
-                "layers_per_block": v.layers_per_block, "scaling_factor": v.scaling_factor,
-                "sample_size": world.SIZE},
-        "image_encoder": {"architectures": ["CLIPVisionModelWithProjection"],
-                          "model_type": "clip_vision_model", "hidden_size": c.hidden_size,
-                          "num_hidden_layers": c.num_hidden_layers,
-                          "num_attention_heads": c.num_attention_heads,
-                          "intermediate_size": c.intermediate_size, "patch_size": c.patch_size,
-                          "image_size": c.image_size, "projection_dim": c.projection_dim,
-                          "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu"},
-    }
-
-
-def save_folder(svd: SVD, out: Path, info: dict) -> None:
-    """Write `svd` as a diffusers folder, each file atomically. The weights go in the `fp16`
-    variant files the official folders also carry (`diffusion_pytorch_model.fp16.safetensors`),
-    which keeps the demo under 30 MB; load_svd reads them into any dtype."""
-    files = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
-             "image_encoder": "model"}
-    modules = {"unet": svd.unet, "vae": svd.vae, "image_encoder": svd.clip}
-    for sub, config in diffusers_configs(svd.config).items():
-        folder = out / sub
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().half().contiguous().cpu()
-                   for k, v in modules[sub].state_dict().items()}
-        atomic_write(folder / f"{files[sub]}.fp16.safetensors",
-                     lambda tmp, t=tensors: safetensors.torch.save_file(t, tmp))
-        (folder / f"{files[sub]}.safetensors").unlink(missing_ok=True)   # an older fp32 file
-        atomic_write(folder / "config.json", lambda tmp, c=config: tmp.write_text(
-            json.dumps(c, indent=2)))
-    atomic_write(out / "pretraining.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import torch
 import edit
 from demo import world
 from demo.evaluate import WEIGHTS, Variant, run_variants, scores, trajectory_error
-from demo.pretrain import (colour_response, demo_config, diffusers_configs, shift_levels,
-                           start_as_identity, vae_psnr)
+from demo.folder import diffusers_configs
+from demo.pretrain import (colour_response, demo_config, shift_levels, start_as_identity,
+                           vae_psnr)
 from svd.config import VAEConfig
 from svd.vae import VAE
 from svd.weights import load_svd, unet_config_from_diffusers, vae_config_from_diffusers
