@@ -71,8 +71,10 @@ def test_chunked_transformer_work_equals_unchunked():
         full = unet(sample, 0.3, context, ids)
         unet.chunk_size = 2          # 6 frames in 3 spatial pieces, pixels in 3 temporal pieces
         chunked = unet(sample, 0.3, context, ids)
-    # Same arithmetic on smaller batches; BLAS may order sums differently, hence not bit-exact.
-    assert (full - chunked).abs().max() <= 1e-5
+    # Same arithmetic on smaller batches; BLAS may order sums differently, hence not bit-exact:
+    # max 1.05e-5 on an AMD EPYC CPU, under 1e-5 on an Intel one (outputs of order 1; a wrong
+    # chunk boundary shows up as differences of order 0.1 and more).
+    assert (full - chunked).abs().max() <= 3e-5
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
