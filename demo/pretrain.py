@@ -204,9 +204,9 @@ def vae_psnr(vae: VAE, seeds) -> float:
 def colour_response(vae: VAE, seed: int = 0, shift: float = 0.2) -> list[float]:
     """How much of a uniform shift of one colour channel survives encode -> decode, per channel
     (1 = all of it). A VAE that has dropped a channel's frame-wide level shows ~0 there: the
-    VAE shipped up to commit 51901e6 gave (0.96, 0.06, 0.81), having lost green; every VAE trained from the default
-    initialisation lost one level of three, which start_as_identity prevents (README "The
-    embedded demo")."""
+    VAE shipped up to commit 51901e6 gave (0.96, 0.06, 0.81), having lost green; every VAE
+    trained from the default initialisation lost one level of three, which start_as_identity
+    prevents (README "The embedded demo")."""
     frames, _ = batch([seed])
     x = frames[0]
     base = vae.decode(vae.encode(x), world.NUM_FRAMES)
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     p.add_argument("--decoder-lr", type=float, default=2e-4)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
                    help="bfloat16 autocast in the VAE stages (fp32 weights): 2.6x faster on a "
-                        "CPU with AMX, NaN within 50 steps on an AMD EPYC without it")
+                        "CPU with AMX, NaN at the second step on an AMD EPYC without it")
     p.add_argument("--unet-steps", type=int, default=1300)
     p.add_argument("--unet-batch", type=int, default=4)
     p.add_argument("--unet-lr", type=float, default=1e-3)

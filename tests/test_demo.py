@@ -141,8 +141,9 @@ def test_shift_levels_moves_each_channel_of_a_video_by_its_own_constant():
 
 
 def test_vae_training_stops_with_an_error_when_its_loss_is_not_finite():
-    """bf16 autocast gave NaN losses within 50 steps on an AMD EPYC CPU; a run must stop there
-    instead of writing NaN weights. A huge learning rate blows the weights up in one update."""
+    """bf16 autocast gave a NaN loss at the second step on an AMD EPYC CPU; a run must stop
+    there instead of writing NaN weights. A huge learning rate blows the weights up in one
+    update."""
     vae = VAE(VAEConfig.tiny())
     with pytest.raises(Diverged, match="at step 1"):
         train_vae(vae, steps=3, batch_size=1, lr=1e30, rng=np.random.default_rng(0),
