@@ -30,6 +30,7 @@ Scores, against the ground-truth edited video:
 import argparse
 import enum
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +44,7 @@ from demo import world
 from edit import EditConfig, edit_video, generate_video, record_source
 from lora import lora_scale
 from svd.media import atomic_write
-from svd.weights import SVD, load_svd
+from svd.weights import SVD, WeightsError, load_svd
 from train import TrainConfig, train_motion_lora
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -268,4 +269,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except WeightsError as e:       # a missing or broken --weights folder
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
