@@ -12,6 +12,10 @@ The method (arXiv 2405.16537; shared/docs/i2vedit.md), top to bottom in this fil
    selector on the conditional branch; later clips join clip 0's temporal K/V (skip-interval)
    and start from the previous clip's last edited frame.
 
+Elsewhere: SVD as an EDM denoiser and plain image-to-video in svd/sampling.py; which processor
+each attention layer gets in a source or an edit pass in attention/passes.py; the processors
+themselves in attention/matching.py and attention/skip_interval.py.
+
     python edit.py --video in.mp4 --edited-frame edit.png --lora clip0.safetensors --weights W
     python edit.py --video in.mp4 --edited-frame edit.png --train --weights W
     python edit.py --plain-i2v --edited-frame frame.png --weights W     # SVD image-to-video
@@ -24,7 +28,6 @@ Hugging Face cache folder is searched (no hub library needed).
 import argparse
 import enum
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,17 +36,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from attention import (Branch, DiskStore, MemoryStore, RecordSourceAttention, SkipIntervalKV,
-                       SpatialAttentionMatching, StepState, TemporalAttentionInjection,
-                       attention_layers, installed, plain_attention)
-from edm import invert_euler, karras_sigmas, sample_euler, v_preconditioning
+from attention import (Branch, DiskStore, MemoryStore, StepState, edit_processors, installed,
+                       mask_pictures, source_processors)
+from edm import invert_euler, karras_sigmas, sample_euler
 from lora import (LoRAError, add_lora, is_temporal_transformer_linear, load_lora,
                   load_lora_state_dict, lora_scale, lora_state_dict, read_lora_metadata)
 from svd.conditioning import Conditions, encode_conditions, zero_conditions
 from svd.latents import decode_latents, encode_video
 from svd.media import (InputError, atomic_write, check_frame_size, load_image, load_video,
                        make_run_dir, save_frames, save_video, to_uint8)
-from svd.weights import SVD, WeightsError, base_model_id, load_svd
+from svd.sampling import frame_guidance, generate_video, v_denoise
+from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,70 +155,6 @@ def parse_config(argv: list[str] | None = None) -> EditConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# SVD as an EDM denoiser D(x, sigma) -> x0_hat, and plain image-to-video
-# ---------------------------------------------------------------------------------------------
-
-def v_denoise(unet, x: torch.Tensor, sigma: torch.Tensor, cond: Conditions) -> torch.Tensor:
-    """x (B, F, 4, h, w) noisy latent at noise level sigma -> x0_hat, float32.
-
-    The only place where SVD's v-parameterisation is applied: x0_hat = c_skip x + c_out F(c_in x).
-    The image latent is concatenated after the scaled noisy latent, unscaled (svd.md §5.1).
-    """
-    c_skip, c_out, c_in, c_noise = v_preconditioning(sigma)
-    dtype = next(unet.parameters()).dtype
-    image = cond.image_latent[:, None].expand(-1, x.shape[1], -1, -1, -1)   # (B, F, 4, h, w)
-    net_in = torch.cat([c_in * x, image.to(x.dtype)], dim=2).to(dtype)      # (B, F, 8, h, w)
-    cond = cond.to(dtype)
-    out = unet(net_in, c_noise, cond.context, cond.added_ids).float()
-    return c_skip * x + c_out * out
-
-
-def frame_guidance(num_frames: int, min_scale: float, max_scale: float) -> torch.Tensor:
-    """Per-frame classifier-free guidance scale, linear from the first to the last frame."""
-    return torch.linspace(min_scale, max_scale, num_frames).reshape(1, num_frames, 1, 1, 1)
-
-
-def guided_denoiser(unet, cond: Conditions, guidance: torch.Tensor):
-    """denoise(x, sigma, step) with classifier-free guidance: two U-Net calls per step, the
-    unconditional branch (zero embedding and latent) and the conditional one. Guiding x0_hat is
-    the same as guiding the network output, since x0_hat is affine in it with shared c_skip x."""
-    uncond = zero_conditions(cond)
-
-    def denoise(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
-        x0_uncond = v_denoise(unet, x, sigma, uncond)
-        x0_cond = v_denoise(unet, x, sigma, cond)
-        return x0_uncond + guidance.to(x.device) * (x0_cond - x0_uncond)
-
-    return denoise
-
-
-@torch.no_grad()
-def generate_video(svd: SVD, image: torch.Tensor, num_frames: int = 14, steps: int = 25,
-                   min_guidance: float = 1.0, max_guidance: float = 3.0, fps: int = 7,
-                   motion_bucket_id: int = 127, noise_aug_strength: float = 0.02,
-                   generator: torch.Generator | None = None, decode_chunk_size: int = 0,
-                   progress: bool = False) -> torch.Tensor:
-    """Plain SVD image-to-video. image (1, 3, H, W) in [-1, 1] -> frames (F, 3, H, W) in [0, 1].
-
-    Random draws in the reference pipeline's order (augmentation noise, then the initial latent),
-    so a generator seeded alike gives diffusers' result.
-    """
-    cond = encode_conditions(svd.clip, svd.vae, image, fps, motion_bucket_id, noise_aug_strength,
-                             generator)
-    sigmas = karras_sigmas(steps).to(image.device)
-    down = svd.config.vae.downsample_factor
-    h, w = image.shape[-2] // down, image.shape[-1] // down
-    noise = torch.randn((1, num_frames, svd.config.vae.latent_channels, h, w), generator=generator,
-                        device=image.device, dtype=torch.float32)
-    # The reference starts from sqrt(sigma_0^2 + 1) * noise, not sigma_0 * noise (svd.md §7 #20).
-    x = noise * (sigmas[0] ** 2 + 1).sqrt()
-    guidance = frame_guidance(num_frames, min_guidance, max_guidance)      # (1, F, 1, 1, 1)
-    denoise = guided_denoiser(svd.unet, cond, guidance)
-    latents = sample_euler(denoise, x, sigmas, progress=progress)
-    return decode_latents(svd, latents, decode_chunk_size)[0]
-
-
-# ---------------------------------------------------------------------------------------------
 # Smooth-area random perturbation (SARP), i2vedit.md §5
 # ---------------------------------------------------------------------------------------------
 
@@ -253,23 +192,6 @@ class SourceRecord:
     mode: SourceAttention
 
 
-def source_processors(unet, store, source_kv, state: StepState, record: bool) -> dict:
-    """Processors of a source pass: recorders on every self-attention (if `record`), and on
-    temporal self-attention the skip-interval K/V (if `source_kv`: clip 0 records, later clips
-    join). The same dict serves the inversion and its per-step recomputation, so the two
-    compute the same records."""
-    procs = {}
-    for name, layer in attention_layers(unet).items():
-        if not layer.self_attention:
-            continue
-        proc = RecordSourceAttention(store, state, layer) if record else None
-        if layer.temporal and source_kv is not None:
-            proc = SkipIntervalKV(source_kv, state, inner=proc or plain_attention)
-        if proc is not None:
-            procs[name] = proc
-    return procs
-
-
 @torch.no_grad()
 def record_source(svd: SVD, frames: torch.Tensor, clip: int, state: StepState, cfg: EditConfig,
                   source_kv=None, generator: torch.Generator | None = None,
@@ -286,8 +208,8 @@ def record_source(svd: SVD, frames: torch.Tensor, clip: int, state: StepState, c
                              cfg.noise_aug_strength, generator)
     mode = SourceAttention(cfg.source_attention)
     store = DiskStore(disk_root) if mode is SourceAttention.DISK else MemoryStore()
-    procs = source_processors(svd.unet, store, source_kv, state,
-                              record=mode is not SourceAttention.RECOMPUTE)
+    procs = source_processors(svd.unet, store, state, record=mode is not SourceAttention.RECOMPUTE,
+                              source_kv=source_kv)
     trajectory = {}
 
     def denoise(x, sigma, step):
@@ -308,31 +230,6 @@ def record_source(svd: SVD, frames: torch.Tensor, clip: int, state: StepState, c
 # Stage 2b: appearance refinement (edit one clip)
 # ---------------------------------------------------------------------------------------------
 
-def edit_processors(unet, source: SourceRecord, edit_kv, state: StepState, cfg: EditConfig,
-                    num_frames: int, masks=None) -> tuple[dict, dict]:
-    """(unconditional, conditional) processors of an edit. The method acts on the conditional
-    branch only; skip-interval K/V (if `edit_kv`) act on both, each with its own branch's K/V."""
-    uncond, cond = {}, {}
-    thresholds = (cfg.mask_threshold_first, cfg.mask_threshold_last)
-    for name, layer in attention_layers(unet).items():
-        if not layer.self_attention:
-            continue
-        if layer.spatial and not cfg.no_spatial_matching:
-            cond[name] = SpatialAttentionMatching(source.store, state, num_frames, thresholds,
-                                                  masks=masks)
-        if layer.temporal:
-            inner = plain_attention
-            if not cfg.no_temporal_selector:
-                inner = TemporalAttentionInjection(source.store, state, layer, cfg.steps,
-                                                   cfg.beta1, cfg.beta2, cfg.coarse_up)
-            if edit_kv is not None:
-                uncond[name] = SkipIntervalKV(edit_kv, state)
-                cond[name] = SkipIntervalKV(edit_kv, state, inner=inner)
-            elif inner is not plain_attention:
-                cond[name] = inner
-    return uncond, cond
-
-
 @torch.no_grad()
 def edit_clip(svd: SVD, source: SourceRecord, image: torch.Tensor, state: StepState,
               cfg: EditConfig, source_kv=None, edit_kv=None, masks=None,
@@ -350,11 +247,15 @@ def edit_clip(svd: SVD, source: SourceRecord, image: torch.Tensor, state: StepSt
                              cfg.noise_aug_strength, generator)
     uncond = zero_conditions(cond)
     guidance = frame_guidance(num_frames, cfg.min_guidance, cfg.max_guidance).to(image.device)
-    uncond_procs, cond_procs = edit_processors(unet, source, edit_kv, state, cfg, num_frames,
-                                               masks)
+    uncond_procs, cond_procs = edit_processors(
+        unet, source.store, state, num_frames, cfg.steps,
+        spatial_matching=not cfg.no_spatial_matching,
+        temporal_selector=not cfg.no_temporal_selector, beta1=cfg.beta1, beta2=cfg.beta2,
+        mask_threshold=(cfg.mask_threshold_first, cfg.mask_threshold_last),
+        coarse_up=cfg.coarse_up, edit_kv=edit_kv, masks=masks)
     needs_source = not (cfg.no_spatial_matching and cfg.no_temporal_selector)
     recompute = needs_source and source.mode is SourceAttention.RECOMPUTE
-    record_procs = source_processors(unet, source.store, source_kv, state, record=True)
+    record_procs = source_processors(unet, source.store, state, record=True, source_kv=source_kv)
 
     def denoise(x, sigma, step):
         state.clip, state.step = source.clip, step       # the only writer of the step state
@@ -419,40 +320,21 @@ def edit_video(svd: SVD, sources: list[SourceRecord], image: torch.Tensor, loras
 # Input and output
 # ---------------------------------------------------------------------------------------------
 
-def find_weights(given: str) -> str:
-    """--weights, or the newest SVD snapshot in the Hugging Face cache (read as a plain folder)."""
-    if given:
-        return given
-    roots = [os.environ.get("HF_HUB_CACHE", ""),
-             os.path.join(os.environ.get("HF_HOME", ""), "hub") if os.environ.get("HF_HOME") else "",
-             os.path.expanduser("~/.cache/huggingface/hub")]
-    for repo in ("models--stabilityai--stable-video-diffusion-img2vid-xt",
-                 "models--stabilityai--stable-video-diffusion-img2vid"):
-        for root in filter(None, roots):
-            snapshots = sorted(Path(root, repo, "snapshots").glob("*/unet"),
-                               key=lambda p: p.stat().st_mtime)
-            if snapshots:
-                return str(snapshots[-1].parent)
-    raise InputError("no --weights given and no stabilityai/stable-video-diffusion-img2vid[-xt] "
-                     "in the Hugging Face cache")
-
-
 def save_mask_pictures(masks: MemoryStore, folder: Path, height: int, width: int) -> None:
-    """One PNG per (clip, step): the spatial difference mask M of every frame side by side
-    (white = the edit's own attention, black = the source's), averaged over the spatial
-    self-attention layers after resizing each layer's token grid to the output size."""
-    by_step: dict[tuple[int, int], list[torch.Tensor]] = {}
-    for key, m in masks.tensors.items():                             # m (F, S) of one layer
-        scale = round((height * width / m.shape[1]) ** 0.5)
-        grid = m.float().reshape(-1, 1, height // scale, width // scale)
-        grid = F.interpolate(grid, size=(height, width), mode="nearest")[:, 0]   # (F, H, W)
-        by_step.setdefault((key.clip, key.step), []).append(grid)
+    """One PNG per (clip, step) of the spatial difference masks (attention.mask_pictures)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for (clip, step), grids in sorted(by_step.items()):
-        mean = torch.stack(grids).mean(0)                            # (F, H, W)
-        row = (torch.cat(list(mean), dim=1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    for (clip, step), picture in mask_pictures(masks, height, width).items():
+        pixels = (picture * 255).round().to(torch.uint8).numpy()           # (H, F*W)
         atomic_write(folder / f"clip{clip}_step{step:02d}.png",
-                     lambda tmp, r=row: Image.fromarray(r).save(tmp, format="PNG"))
+                     lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"))
+
+
+def write_video_outputs(run: Path, name: str, frames: torch.Tensor, fps: float) -> None:
+    """(N, 3, H, W) in [0, 1] -> <name>.mp4 and <name>_frames/0000.png ..."""
+    video = to_uint8(frames)
+    save_video(video, run / f"{name}.mp4", fps)
+    save_frames(video, run / f"{name}_frames")
+    print(f"wrote {run / (name + '.mp4')} and {len(video)} PNG frames")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,14 +381,6 @@ def load_clip_loras(svd: SVD, paths: list[str], num_clips: int) -> list[dict]:
         load_lora(path, svd.unet, expected_base_model=base_model_id(svd))
         states.append({k: v.clone() for k, v in lora_state_dict(svd.unet).items()})
     return states
-
-
-def write_video_outputs(run: Path, name: str, frames: torch.Tensor, fps: float) -> None:
-    """(N, 3, H, W) in [0, 1] -> <name>.mp4 and <name>_frames/0000.png ..."""
-    video = to_uint8(frames)
-    save_video(video, run / f"{name}.mp4", fps)
-    save_frames(video, run / f"{name}_frames")
-    print(f"wrote {run / (name + '.mp4')} and {len(video)} PNG frames")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ transformer blocks learns to denoise that clip, conditioned on its own first fra
 Training, per step (batch = the whole clip, latents encoded once and cached):
     sigma ~ the interpolated-cosine log-SNR distribution (edm.sample_training_sigmas)
     x_sigma = x0 + sigma * eps
-    x0_hat  = c_skip x_sigma + c_out F(c_in x_sigma ++ z_img, 0.25 ln sigma)   (edit.v_denoise)
+    x0_hat  = c_skip x_sigma + c_out F(c_in x_sigma ++ z_img, 0.25 ln sigma)   (svd/sampling.py)
     loss    = mean( (sigma^2 + 1) / sigma^2 * (x0_hat - x0)^2 )
 with z_img the VAE latent of the first frame plus fresh 0.02 noise (pixel space, as SVD) and the
 ids [fps - 1, motion bucket, noise aug] in that order (the reference's training script swaps the
@@ -36,16 +36,16 @@ from tqdm import tqdm
 
 from attention import Branch, MemoryStore, SkipIntervalKV, StepState, attention_layers, installed
 from edm import edm_loss_weight, inversion_sigmas, karras_sigmas, sample_training_sigmas
-from edit import (EditConfig, build_parser, find_weights, knob, record_source, split_clips,
-                  v_denoise)
+from edit import EditConfig, build_parser, knob, record_source, split_clips
 from lora import (LoRAError, add_lora, export_single_file, is_temporal_transformer_linear,
                   load_lora_state_dict, lora_layers, lora_parameters, lora_state_dict, remove_lora,
                   save_lora)
 from svd.conditioning import Conditions, encode_conditions
 from svd.latents import encode_video
 from svd.media import InputError, atomic_write, load_video, make_run_dir
+from svd.sampling import v_denoise
 from svd.single_file import unet_transformer_path_to_sgm
-from svd.weights import SVD, WeightsError, base_model_id, load_svd
+from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
 
 
 @dataclass

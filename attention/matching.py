@@ -172,6 +172,21 @@ class SpatialAttentionMatching:
         return out
 
 
+def mask_pictures(masks, height: int, width: int) -> dict[tuple[int, int], torch.Tensor]:
+    """The spatial difference masks recorded by SpatialAttentionMatching(masks=...) as pictures:
+    {(clip, step): (H, F*W) in [0, 1]}, the frames side by side (1 = the edit's own attention,
+    0 = the source's), averaged over the spatial layers after resizing each layer's token grid
+    to height x width."""
+    by_step: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for key, m in masks.tensors.items():                             # m (F, S) of one layer
+        scale = round((height * width / m.shape[1]) ** 0.5)
+        grid = m.float().reshape(-1, 1, height // scale, width // scale)
+        grid = F.interpolate(grid, size=(height, width), mode="nearest")[:, 0]   # (F, H, W)
+        by_step.setdefault((key.clip, key.step), []).append(grid)
+    return {key: torch.cat(list(torch.stack(grids).mean(0)), dim=1).clamp(0, 1)
+            for key, grids in sorted(by_step.items())}
+
+
 # ---------------------------------------------------------------------------------------------
 # Temporal attention injection
 # ---------------------------------------------------------------------------------------------

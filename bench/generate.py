@@ -20,9 +20,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from bench.backbone import random_state
-from edit import generate_video
 from svd.clip import CLIPVisionEncoder
 from svd.config import SVDConfig
+from svd.sampling import generate_video
 from svd.unet import UNet
 from svd.vae import VAE
 from svd.weights import SVD

@@ -52,7 +52,7 @@ def gaussian_denoiser(x, sigma, step):
 
 
 def unet_table():
-    from edit import v_denoise
+    from svd.sampling import v_denoise
     from svd.conditioning import Conditions
     from svd.config import UNetConfig
     from svd.unet import UNet

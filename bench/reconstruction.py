@@ -22,13 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
-from edit import (EditConfig, edit_clip, frame_guidance, guided_denoiser,  # noqa: E402
-                  record_source)
+from edit import EditConfig, edit_clip, record_source  # noqa: E402
 from edm import karras_sigmas, sample_euler  # noqa: E402
 from lora import load_lora_state_dict, lora_scale, set_lora_scale  # noqa: E402
 from svd.conditioning import encode_conditions  # noqa: E402
 from svd.config import SVDConfig  # noqa: E402
 from svd.latents import decode_latents, encode_video  # noqa: E402
+from svd.sampling import frame_guidance, guided_denoiser  # noqa: E402
 from svd.weights import load_svd  # noqa: E402
 from train import TrainConfig, train_motion_lora  # noqa: E402
 

@@ -41,9 +41,10 @@ from PIL import Image
 
 from attention import StepState
 from demo import world
-from edit import EditConfig, edit_video, generate_video, record_source
+from edit import EditConfig, edit_video, record_source
 from lora import lora_scale
 from svd.media import atomic_write
+from svd.sampling import generate_video
 from svd.weights import SVD, WeightsError, load_svd
 from train import TrainConfig, train_motion_lora
 

@@ -16,7 +16,7 @@ Three stages, each plain Adam on one objective:
 1b. Decoder: a short fine-tune of the temporal decoder alone on whole 8-frame videos (the
    encoder, hence the latents, stay as they are).
 2. Image-to-video: U-Net and image encoder together (VAE frozen) with SVD's objective: EDM noise
-   sigma ~ lognormal, v-preconditioning (edit.v_denoise), loss weight (sigma^2 + 1) / sigma^2 on
+   sigma ~ lognormal, v-preconditioning (svd/sampling.py), loss weight (sigma^2 + 1) / sigma^2 on
    x0, conditioned on the first frame (CLIP context + noise-augmented image latent) and the ids
    [fps - 1, motion bucket (from the scene's speed), noise aug]. The conditions are dropped
    (zeroed, like the unconditional branch of guidance) 10% of the time so that classifier-free
@@ -43,13 +43,13 @@ import torch
 
 from demo import world
 from demo.folder import save_folder
-from edit import v_denoise
 from edm import edm_loss_weight
 from svd.blocks import ResBlock, TemporalResBlock
 from svd.clip import CLIPVisionEncoder, preprocess
 from svd.conditioning import Conditions
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
 from svd.layers import Attention
+from svd.sampling import v_denoise
 from svd.unet import UNet
 from svd.vae import VAE
 from svd.weights import SVD, WeightsError, load_svd

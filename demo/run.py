@@ -20,8 +20,8 @@ from PIL import Image
 
 from demo import world
 from demo.evaluate import DEMO_SETTINGS, WEIGHTS, edit_config, scores, to_model, to_numpy
-from edit import generate_video
 from svd.media import atomic_write
+from svd.sampling import generate_video
 from svd.weights import load_svd
 
 SEED = 7                              # a held-out scene: a recoloured shape on a textured ground

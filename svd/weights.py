@@ -26,6 +26,7 @@ Command line: `python -m svd.weights PATH` loads and prints a summary (or one li
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,6 +255,25 @@ def sgm_to_diffusers(path: Path, config: SVDConfig, dtype, device):
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------------------------
+
+def find_weights(given: str | Path = "") -> str:
+    """`given`, or else the newest SVD snapshot in the Hugging Face cache, read as a plain
+    diffusers folder (no hub library needed); SVD-XT before SVD."""
+    if given:
+        return str(given)
+    roots = [os.environ.get("HF_HUB_CACHE", ""),
+             os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else "",
+             os.path.expanduser("~/.cache/huggingface/hub")]
+    for repo in ("models--stabilityai--stable-video-diffusion-img2vid-xt",
+                 "models--stabilityai--stable-video-diffusion-img2vid"):
+        for root in filter(None, roots):
+            snapshots = sorted(Path(root, repo, "snapshots").glob("*/unet"),
+                               key=lambda p: p.stat().st_mtime)
+            if snapshots:
+                return str(snapshots[-1].parent)
+    raise WeightsError("no --weights given and no stabilityai/stable-video-diffusion-img2vid[-xt] "
+                       "in the Hugging Face cache")
+
 
 def load_svd(path: str | Path, dtype: torch.dtype = torch.float32,
              device: str | torch.device = "cpu", config: SVDConfig | None = None) -> SVD:

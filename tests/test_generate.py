@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from edit import generate_video
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
 from svd.media import load_image
+from svd.sampling import generate_video
 from svd.weights import load_svd
 from tests.helpers import save_oracle_folder
 

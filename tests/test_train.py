@@ -7,12 +7,13 @@ import torch
 
 import train
 from attention import MemoryStore, StepState
-from edit import EditConfig, frame_guidance, guided_denoiser, record_source, v_denoise
+from edit import EditConfig, record_source
 from edm import edm_loss_weight, karras_sigmas, sample_euler
 from lora import set_lora_scale
 from svd.conditioning import encode_conditions
 from svd.config import SVDConfig
 from svd.latents import encode_video
+from svd.sampling import frame_guidance, guided_denoiser, v_denoise
 from svd.weights import load_svd
 from tests.helpers import save_oracle_folder
 from train import TrainConfig, train_motion_lora

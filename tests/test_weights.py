@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
 from svd.single_file import IGNORED_PREFIXES, clip_keys, single_file_rename
-from svd.weights import WeightsError, load_svd
+from svd.weights import WeightsError, find_weights, load_svd
 from tests.helpers import DATA, save_oracle_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,3 +284,22 @@ def test_pickle_is_refused_and_never_executed(tmp_path, name):
     torch.save({"x": _Payload(marker)}, tmp_path / "zip.safetensors")  # torch's zip container
     assert_one_line_error(run_cli(tmp_path / "zip.safetensors"), "pickle checkpoint refused")
     assert not marker.exists()
+
+
+def test_weights_are_found_in_the_hugging_face_cache(tmp_path, monkeypatch):
+    """Without --weights: the newest snapshot of SVD-XT (before SVD) in HF_HUB_CACHE; none there
+    is a WeightsError (one line in edit.py), and a given path is returned untouched."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))         # no real ~/.cache either
+    with pytest.raises(WeightsError, match="Hugging Face cache"):
+        find_weights("")
+    svd = tmp_path / "models--stabilityai--stable-video-diffusion-img2vid" / "snapshots"
+    (svd / "a1" / "unet").mkdir(parents=True)
+    assert find_weights("") == str(svd / "a1")
+    xt = tmp_path / "models--stabilityai--stable-video-diffusion-img2vid-xt" / "snapshots"
+    for i, snapshot in enumerate(("old", "new")):
+        (xt / snapshot / "unet").mkdir(parents=True)
+        os.utime(xt / snapshot / "unet", (1e9 + i, 1e9 + i))
+    assert find_weights("") == str(xt / "new")
+    assert find_weights("/given/path") == "/given/path"
