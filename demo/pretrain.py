@@ -33,6 +33,7 @@ official weights.
 import argparse
 import json
 import math
+import platform
 import sys
 import time
 from dataclasses import replace
@@ -271,6 +272,18 @@ def train_i2v(svd: SVD, steps: int, batch_size: int, lr: float, rng: np.random.G
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what platform reports), for the
+    record of where the weights were trained."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m demo.pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo/weights", help="diffusers folder to write")
@@ -303,10 +316,18 @@ def main(argv=None) -> int:
     start = time.time()
     info_path = out / "pretraining.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    info["device"] = f"CPU, {torch.get_num_threads()} threads"
+    info["device"] = f"{cpu_name()}, {torch.get_num_threads()} threads"
 
     def log(msg):
-        print(f"[{(time.time() - start) / 60:6.1f} min] {msg}", flush=True)
+        # Printed and appended to pretraining.log beside the weights, so the run can be read later.
+        line = f"[{(time.time() - start) / 60:6.1f} min] {msg}"
+        print(line, flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "pretraining.log", "a") as f:
+            f.write(line + "\n")
+
+    log("python -m demo.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+        + f"  ({info['device']})")
 
     def seeded() -> np.random.Generator:
         # Every stage starts from the seed, so running the stages one by one gives what "all" gives.
@@ -353,6 +374,8 @@ def main(argv=None) -> int:
             "level_shift": args.vae_level_shift, "bf16": args.bf16,
             "minutes": round((time.time() - t0) / 60, 1),
             "final_loss": float(np.mean(losses[-50:])), "heldout_psnr_db": round(psnr, 2)}]
+        info["vae"].setdefault("heldout_psnr_db_before_decoder_finetune",
+                               info["vae"]["heldout_psnr_db"])
         info["vae"]["heldout_psnr_db"] = round(psnr, 2)
         # The decoder cannot bring back a level the frozen encoder has already lost.
         info["vae"]["colour_response_rgb"] = colour_response(svd.vae)
