@@ -9,6 +9,8 @@ every variant then produces the whole edited clip from it:
     full     the whole method (LoRA + spatial attention matching + temporal selector + SARP)
     no-sarp  full, without smooth-area random perturbation before inversion
     no-temp  full, without the temporal attention selector
+    inversion  (not in the default set) sampling from the inverted source latent with neither the
+             LoRA nor attention edits: what the starting point alone brings
 
 Scores, against the ground-truth edited video:
     traj   trajectory error of the edited object, pixels: distance between the centroids of the
@@ -66,6 +68,10 @@ class Variant(enum.Enum):
     FULL = "full"
     NO_SARP = "no-sarp"
     NO_TEMPORAL = "no-temp"
+    INVERSION = "inversion"
+
+
+DEFAULT_VARIANTS = [Variant.PLAIN, Variant.LORA, Variant.FULL, Variant.NO_SARP, Variant.NO_TEMPORAL]
 
 
 def edit_config(ex: dict, **changes) -> EditConfig:
@@ -167,7 +173,9 @@ def run_variants(svd: SVD, ex: dict, variants, progress: bool = False, **changes
         lora = train_motion_lora(svd, video, 0, TrainConfig.from_edit(cfg),
                                  progress=progress)
         edits = {Variant.FULL: cfg, Variant.NO_TEMPORAL: replace(cfg, no_temporal_selector=True),
-                 Variant.LORA: replace(cfg, no_spatial_matching=True, no_temporal_selector=True)}
+                 Variant.LORA: replace(cfg, no_spatial_matching=True, no_temporal_selector=True),
+                 Variant.INVERSION: replace(cfg, lora_scale=0.0, no_spatial_matching=True,
+                                            no_temporal_selector=True)}
         for variant, vcfg in edits.items():
             if variant in variants:
                 out[variant] = to_numpy(edit_video(svd, sources, image, [lora], vcfg,
@@ -237,8 +245,14 @@ def main(argv=None) -> int:
                                                          "kind s mod 4")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--out", default="demo/results", help="folder for results.md and grid.png")
-    p.add_argument("--variants", nargs="+", default=[v.value for v in Variant],
+    p.add_argument("--variants", nargs="+", default=[v.value for v in DEFAULT_VARIANTS],
                    choices=[v.value for v in Variant])
+    p.add_argument("--train-steps", type=int, default=DEMO_SETTINGS["train_steps"],
+                   help="motion-LoRA steps per scene (the paper: 250)")
+    p.add_argument("--lora-rank", type=int, default=DEMO_SETTINGS["lora_rank"],
+                   help="motion-LoRA rank (the paper: 32)")
+    p.add_argument("--lora-lr", type=float, default=DEMO_SETTINGS["lora_lr"],
+                   help="motion-LoRA learning rate (the paper: 5e-4)")
     p.add_argument("--merge", nargs="+", default=[], metavar="FOLDER",
                    help="only merge the results.json of these folders (runs split over processes)")
     args = p.parse_args(argv)
@@ -256,7 +270,8 @@ def main(argv=None) -> int:
     for seed in range(args.first_seed, args.first_seed + args.scenes):
         kind = kinds[seed % len(kinds)]
         ex = world.example(seed, kind)
-        outputs = run_variants(svd, ex, variants)
+        outputs = run_variants(svd, ex, variants, train_steps=args.train_steps,
+                               lora_rank=args.lora_rank, lora_lr=args.lora_lr)
         for v, frames in outputs.items():
             results.append({"seed": seed, "kind": kind.value, "variant": v.value,
                             **scores(frames, ex)})
