@@ -14,8 +14,8 @@ import edit
 from demo import world
 from demo.evaluate import WEIGHTS, Variant, run_variants, scores, trajectory_error
 from demo.folder import diffusers_configs
-from demo.pretrain import (Diverged, colour_response, demo_config, shift_levels,
-                           start_as_identity, train_vae, vae_psnr)
+from demo.measure import colour_response, vae_psnr
+from demo.pretrain import Diverged, demo_config, shift_levels, start_as_identity, train_vae
 from svd.config import VAEConfig
 from svd.vae import VAE
 from svd.weights import load_svd, unet_config_from_diffusers, vae_config_from_diffusers
