@@ -5,7 +5,7 @@ frames against the source passed through the VAE (the best any latent method can
 
     python bench/reconstruction.py                    # tiny random weights, CPU, about a minute
     python bench/reconstruction.py --weights demo/weights --world-seeds 0 1 2 3 4 \
-        --train-steps 60 --rank 16 --lr 3e-3       # the embedded demo model, world scenes
+        --train-steps 60 --rank 16 --lr 3e-3   # the embedded demo model, world scenes, short LoRA
 
 Prints one line per variant. With random weights the VAE decoder scrambles the pixels, so the
 latent error is the figure to read there; with trained weights both are.

@@ -54,15 +54,14 @@ WEIGHTS = Path(__file__).parent / "weights"
 MISSING_PENALTY = world.SIZE / 2        # pixels, for a frame where the object is not found
 SCORE_NAMES = ("traj", "psnr", "bg", "cons", "area", "moved", "truth")
 
-# The edit.py settings of the demo: the world's size and clip length, its frame rate, and a
-# shorter LoRA training than the paper's 250 steps at 5e-4, rank 32 (the LoRA training is most
-# of the time a scene takes on a CPU: 3.6 min for the paper's on 2 cores, which makes the bare
-# `python edit.py` 4.1 min instead of about 1). The paper's setting scores better on this world
-# (full-method trajectory error on the 20 held-out scenes 9.7 px against 13.2, pattern edits
-# 3.4 against 17.2; README "The embedded demo"): --train-steps 250 --lora-rank 32 --lora-lr 5e-4.
+# The edit.py settings of the demo: the world's size and clip length and its frame rate; the
+# motion LoRA is edit.py's default, the paper's (250 steps at 5e-4, rank 32: 3.6 min of the bare
+# `python edit.py`'s 4 on 2 cores). A shorter one (60 steps at 3e-3, rank 16, about 1 min) was
+# the demo's default up to commit 8cbff36; it scores worse on this world (full-method trajectory
+# error on the 20 held-out scenes 13.2 px against 9.7; README "The embedded demo").
 DEMO_SETTINGS = dict(height=world.SIZE, width=world.SIZE, num_frames=world.NUM_FRAMES,
-                     sample_fps=world.FPS, fps=world.FPS, train_steps=60, lora_rank=16,
-                     lora_lr=3e-3, decode_chunk_size=0, device="cpu", dtype="float32")
+                     sample_fps=world.FPS, fps=world.FPS, decode_chunk_size=0, device="cpu",
+                     dtype="float32")
 
 
 class Variant(enum.Enum):
@@ -250,12 +249,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="demo/results", help="folder for results.md and grid.png")
     p.add_argument("--variants", nargs="+", default=[v.value for v in DEFAULT_VARIANTS],
                    choices=[v.value for v in Variant])
-    p.add_argument("--train-steps", type=int, default=DEMO_SETTINGS["train_steps"],
-                   help="motion-LoRA steps per scene (the paper: 250)")
-    p.add_argument("--lora-rank", type=int, default=DEMO_SETTINGS["lora_rank"],
-                   help="motion-LoRA rank (the paper: 32)")
-    p.add_argument("--lora-lr", type=float, default=DEMO_SETTINGS["lora_lr"],
-                   help="motion-LoRA learning rate (the paper: 5e-4)")
+    p.add_argument("--train-steps", type=int, default=EditConfig.train_steps,
+                   help="motion-LoRA steps per scene (default %(default)s, the paper's)")
+    p.add_argument("--lora-rank", type=int, default=EditConfig.lora_rank,
+                   help="motion-LoRA rank (default %(default)s, the paper's)")
+    p.add_argument("--lora-lr", type=float, default=EditConfig.lora_lr,
+                   help="motion-LoRA learning rate (default %(default)s, the paper's)")
     p.add_argument("--merge", nargs="+", default=[], metavar="FOLDER",
                    help="only merge the results.json of these folders (runs split over processes)")
     args = p.parse_args(argv)
