@@ -1,7 +1,7 @@
 """The embedded demo: the procedural world, the shipped tiny weights, and the method on them.
 
-The slow tests run the whole method on the shipped weights (no training of the base model here):
-about a minute each on 2 CPU cores.
+The slow tests run the whole method on the shipped weights (no training of the base model here),
+with the demo's default motion LoRA (the paper's 250 steps): about 4 minutes each on 2 CPU cores.
 """
 
 import json
