@@ -261,8 +261,15 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge:
-        write_report([r for f in args.merge for r in json.loads(Path(f, "results.json").read_text())],
-                     out)
+        results = []
+        for folder in args.merge:
+            path = Path(folder, "results.json")
+            try:
+                results += json.loads(path.read_text())
+            except (OSError, ValueError) as e:      # missing, unreadable or not JSON
+                print(f"error: {path}: not a demo.evaluate results file ({e})", file=sys.stderr)
+                return 2
+        write_report(results, out)
         return 0
     torch.manual_seed(0)
     svd = load_svd(args.weights)

@@ -13,6 +13,7 @@ import torch
 import edit
 from demo import world
 from demo.evaluate import WEIGHTS, Variant, run_variants, scores, trajectory_error
+from demo.evaluate import main as evaluate_main
 from demo.folder import diffusers_configs
 from demo.measure import colour_response, vae_psnr
 from demo.pretrain import Diverged, demo_config, shift_levels, start_as_identity, train_vae
@@ -77,6 +78,12 @@ def test_trajectory_error_is_zero_on_the_truth_and_grows_with_a_shift():
 # ---------------------------------------------------------------------------------------------
 # The shipped weights
 # ---------------------------------------------------------------------------------------------
+
+def test_merging_a_missing_results_file_is_one_error_line(tmp_path, capsys):
+    assert evaluate_main(["--merge", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "results.json" in err
+
 
 def test_shipped_weights_load_through_the_official_loader():
     """The folder is in the diffusers layout, parses to demo_config and stays under 30 MB."""
