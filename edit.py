@@ -25,11 +25,10 @@ single `svd.safetensors` / `svd_xt.safetensors` file (svd/weights.py); without -
 Hugging Face cache folder is searched (no hub library needed).
 """
 
-import argparse
 import enum
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -39,12 +38,13 @@ from PIL import Image
 from attention import (Branch, DiskStore, MemoryStore, StepState, edit_processors, installed,
                        mask_pictures, source_processors)
 from edm import invert_euler, karras_sigmas, sample_euler
-from lora import (LoRAError, add_lora, is_temporal_transformer_linear, load_lora,
-                  load_lora_state_dict, lora_scale, lora_state_dict, read_lora_metadata)
+from lora import (LoRAError, is_temporal_transformer_linear, load_lora_files,
+                  load_lora_state_dict, lora_scale)
+from svd.cli import build_parser, knob
 from svd.conditioning import Conditions, encode_conditions, zero_conditions
 from svd.latents import decode_latents, encode_video
-from svd.media import (InputError, atomic_write, check_frame_size, load_image, load_video,
-                       make_run_dir, save_frames, save_video, to_uint8)
+from svd.media import (InputError, atomic_write, check_frame_size, check_resolution, load_image,
+                       load_video, make_run_dir, write_video_outputs)
 from svd.sampling import frame_guidance, generate_video, v_denoise
 from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
 
@@ -52,13 +52,6 @@ from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
 # ---------------------------------------------------------------------------------------------
 # Configuration: every knob, with the reference default
 # ---------------------------------------------------------------------------------------------
-
-def knob(default, help: str):
-    """A configuration field with its --help text (lists get a fresh default per instance)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
 
 class SourceAttention(enum.Enum):
     RECOMPUTE = "recompute"   # keep the inversion's latents; rerun the base model each step
@@ -120,24 +113,6 @@ class EditConfig:
     seed: int = knob(23, "random seed")
     dtype: str = knob("float32", "float32 | bfloat16 | float16")
     device: str = knob("cuda" if torch.cuda.is_available() else "cpu", "cpu | cuda")
-
-
-def build_parser(config_cls, prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    """argparse flags generated from a config dataclass: `--field-name value`, bools as
-    switches, lists as one or more values."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
-    for f in fields(config_cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default_factory() if callable(f.default_factory) else f.default
-        shown = default not in ("", []) and not isinstance(default, bool)
-        help_text = f.metadata["help"] + (f" (default {default})" if shown else "")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=help_text)
-        elif isinstance(default, list):
-            parser.add_argument(flag, nargs="+", default=default, help=help_text, metavar="PATH")
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=help_text)
-    return parser
 
 
 def parse_config(argv: list[str] | None = None) -> EditConfig:
@@ -329,14 +304,6 @@ def save_mask_pictures(masks: MemoryStore, folder: Path, height: int, width: int
                      lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"))
 
 
-def write_video_outputs(run: Path, name: str, frames: torch.Tensor, fps: float) -> None:
-    """(N, 3, H, W) in [0, 1] -> <name>.mp4 and <name>_frames/0000.png ..."""
-    video = to_uint8(frames)
-    save_video(video, run / f"{name}.mp4", fps)
-    save_frames(video, run / f"{name}_frames")
-    print(f"wrote {run / (name + '.mp4')} and {len(video)} PNG frames")
-
-
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
@@ -356,31 +323,6 @@ def check_config(cfg: EditConfig) -> None:
             raise InputError("pass either --lora (one file per clip) or --train")
         if cfg.sample_fps <= 0:
             raise InputError(f"--sample-fps must be positive, got {cfg.sample_fps}")
-
-
-def check_resolution(svd: SVD, cfg: EditConfig) -> None:
-    """The latent must survive the U-Net's downsamplings: pixels divisible by VAE x U-Net."""
-    multiple = svd.config.vae.downsample_factor * 2 ** (len(svd.config.unet.block_out_channels) - 1)
-    if cfg.height % multiple or cfg.width % multiple or cfg.height <= 0 or cfg.width <= 0:
-        raise InputError(f"--height/--width must be positive multiples of {multiple} for these "
-                         f"weights, got {cfg.height}x{cfg.width}")
-
-
-def load_clip_loras(svd: SVD, paths: list[str], num_clips: int) -> list[dict]:
-    """Check every --lora file against the base model and the U-Net's shapes before anything
-    runs; return each clip's adapter weights (the U-Net keeps the adapters, at the file's rank)."""
-    if len(paths) != num_clips:
-        raise InputError(f"{len(paths)} --lora file(s) for {num_clips} clip(s); "
-                         "train.py writes one per clip")
-    rank = read_lora_metadata(paths[0]).get("rank")
-    if rank is None or not rank.isdigit():
-        raise LoRAError(f"{paths[0]}: no rank in its metadata; not written by train.py")
-    add_lora(svd.unet, is_temporal_transformer_linear, int(rank))
-    states = []
-    for path in paths:
-        load_lora(path, svd.unet, expected_base_model=base_model_id(svd))
-        states.append({k: v.clone() for k, v in lora_state_dict(svd.unet).items()})
-    return states
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,10 +346,15 @@ def main(argv: list[str] | None = None) -> int:
         images = [load_image(p, cfg.height, cfg.width) for p in cfg.edited_frame]
         cfg.weights = find_weights(cfg.weights)
         svd = load_svd(cfg.weights, getattr(torch, cfg.dtype), cfg.device)
-        check_resolution(svd, cfg)
+        check_resolution(cfg.height, cfg.width, svd.pixel_multiple)
         loras = [None] * (0 if cfg.plain_i2v else len(clips))
         if cfg.lora:
-            loras = load_clip_loras(svd, cfg.lora, len(clips))
+            if len(cfg.lora) != len(clips):
+                raise InputError(f"{len(cfg.lora)} --lora file(s) for {len(clips)} clip(s); "
+                                 "train.py writes one per clip")
+            # Every file is checked against the base model and the U-Net before anything runs.
+            loras = load_lora_files(cfg.lora, svd.unet, is_temporal_transformer_linear,
+                                    base_model_id(svd))
     except (InputError, WeightsError, LoRAError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

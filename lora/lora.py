@@ -275,6 +275,24 @@ def load_lora(path: str | Path, model: nn.Module, expected_base_model: str | Non
     return metadata
 
 
+def load_lora_files(paths: list[str | Path], model: nn.Module,
+                    where: Callable[[str, nn.Linear], bool],
+                    expected_base_model: str | None = None) -> list[dict[str, torch.Tensor]]:
+    """Several save_lora files for one model (e.g. one per video clip) -> each file's adapter
+    state, every file checked before the caller uses any. Adds adapters at the first file's
+    rank (its metadata) on the Linears `where` selects; the model is left holding the last file's
+    weights."""
+    rank = read_lora_metadata(paths[0]).get("rank")
+    if rank is None or not rank.isdigit():
+        raise LoRAError(f"{paths[0]}: no rank in its metadata; not written by save_lora")
+    add_lora(model, where, int(rank))
+    states = []
+    for path in paths:
+        load_lora(path, model, expected_base_model)
+        states.append({k: v.clone() for k, v in lora_state_dict(model).items()})
+    return states
+
+
 def _open(path: Path):
     """safe_open with one-line errors. Never torch.load: unpickling a file can run its code."""
     if not path.is_file():

@@ -77,6 +77,14 @@ def save_frames(frames: np.ndarray, folder: Path) -> None:
                      lambda tmp, f=frame: Image.fromarray(f).save(tmp, format="PNG"))
 
 
+def write_video_outputs(run: Path, name: str, frames: torch.Tensor, fps: float) -> None:
+    """(N, 3, H, W) in [0, 1] -> <run>/<name>.mp4 and <run>/<name>_frames/0000.png ..."""
+    video = to_uint8(frames)
+    save_video(video, run / f"{name}.mp4", fps)
+    save_frames(video, run / f"{name}_frames")
+    print(f"wrote {run / (name + '.mp4')} and {len(video)} PNG frames")
+
+
 def make_run_dir(out_dir: str) -> Path:
     run = Path(out_dir) / time.strftime("%Y%m%d-%H%M%S")
     suffix = 0
@@ -131,3 +139,10 @@ def check_frame_size(path: str, video_size: tuple[int, int], working_size: tuple
         raise InputError(f"{path}: {size[0]}x{size[1]} pixels, but the video's frames are "
                          f"{video_size[0]}x{video_size[1]} (working size "
                          f"{working_size[0]}x{working_size[1]}); edit the video's first frame")
+
+
+def check_resolution(height: int, width: int, multiple: int) -> None:
+    """The working size must be positive multiples of `multiple` (SVD.pixel_multiple)."""
+    if height % multiple or width % multiple or height <= 0 or width <= 0:
+        raise InputError(f"--height/--width must be positive multiples of {multiple} for these "
+                         f"weights, got {height}x{width}")

@@ -242,7 +242,8 @@ class UNet(nn.Module):
         B, F_, _, H, W = sample.shape
         if H % 2 ** (len(self.down_blocks) - 1) or W % 2 ** (len(self.down_blocks) - 1):
             raise ValueError(f"latent size {H}x{W} must be divisible by "
-                             f"{2 ** (len(self.down_blocks) - 1)} (pixels by 8x that)")
+                             f"{2 ** (len(self.down_blocks) - 1)} (pixels: that times the VAE's "
+                             "downsampling)")
         dtype = self.conv_in.weight.dtype
         c_noise = torch.as_tensor(c_noise, device=sample.device)
         emb = self.embed_conditions(c_noise, added_ids, dtype).repeat_interleave(F_, dim=0)

@@ -53,6 +53,13 @@ class SVD:
     clip: CLIPVisionEncoder
     config: SVDConfig
 
+    @property
+    def pixel_multiple(self) -> int:
+        """Frame sides must divide by this: the VAE's downsampling times the U-Net's 2^(levels-1)
+        (8 x 8 = 64 for SVD), or a U-Net level gets an odd latent size."""
+        levels = len(self.config.unet.block_out_channels)
+        return self.config.vae.downsample_factor * 2 ** (levels - 1)
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading safetensors safely

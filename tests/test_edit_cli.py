@@ -109,6 +109,20 @@ def trained(scene, weights):
     return sorted((run_dir / "lora").glob("clip*.safetensors"))
 
 
+def test_train_py_refuses_a_size_the_unet_cannot_take_in_one_line(scene, weights, tmp_path):
+    # 30 is not a multiple of 4 (tiny: VAE 2 x U-Net 2): without the check, the U-Net raised
+    # deep inside the first training step.
+    args = ["--video", scene / "src.mp4", "--weights", weights, "--out-dir", tmp_path / "runs",
+            "--steps", 1, *SCENE_ARGS]
+    args[args.index("--height") + 1] = 30
+    result = subprocess.run([sys.executable, "train.py", *map(str, args)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --height/--width must be positive multiples of 4 for these weights, got 30x32"]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_then_edit_writes_every_output(scene, weights, trained, tmp_path):
     assert [p.name for p in trained] == ["clip0.safetensors", "clip1.safetensors"]
     assert not [p for p in trained[0].parent.iterdir() if p.name.startswith(".")]

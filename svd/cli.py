@@ -1,0 +1,31 @@
+"""Command-line flags generated from a config dataclass, for the entry points (edit.py,
+train.py): every field is a flag `--field-name`, its help text and default live beside the field
+(style.md rule 3: all knobs visible at the top of the entry point, typed, no YAML)."""
+
+import argparse
+from dataclasses import field, fields
+
+
+def knob(default, help: str):
+    """A configuration field with its --help text (lists get a fresh default per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def build_parser(config_cls, prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """argparse flags generated from a config dataclass: `--field-name value`, bools as
+    switches, lists as one or more values."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    for f in fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        shown = default not in ("", []) and not isinstance(default, bool)
+        help_text = f.metadata["help"] + (f" (default {default})" if shown else "")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif isinstance(default, list):
+            parser.add_argument(flag, nargs="+", default=default, help=help_text, metavar="PATH")
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+    return parser
