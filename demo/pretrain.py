@@ -341,15 +341,23 @@ def main(argv=None) -> int:
     if args.stage in ("all", "unet"):
         rng, t0 = seeded(), time.time()
         svd = load_svd(out)
+        earlier = None
         if args.init:
             init = load_svd(args.init)
             svd.unet.load_state_dict(init.unet.state_dict())
             svd.clip.load_state_dict(init.clip.state_dict())
+            # The record of the training continued here, so pretraining.json tells the whole story.
+            init_info = Path(args.init) / "pretraining.json"
+            if init_info.is_file():
+                earlier = json.loads(init_info.read_text()).get("unet")
 
         def save(step, losses):
-            info["unet"] = {"steps": step, "batch_videos": args.unet_batch,
+            info["unet"] = {"steps": step, "batch_videos": args.unet_batch, "lr": args.unet_lr,
+                            "seed": args.seed, "device": info["device"],
                             "minutes": round((time.time() - t0) / 60, 1),
                             "final_loss": float(np.mean(losses[-100:]))}
+            if earlier is not None:
+                info["unet"]["continued_from"] = earlier
             save_folder(svd, out, info)
             log(f"saved {out} at step {step}")
 

@@ -5,6 +5,7 @@ with the demo's default motion LoRA (the paper's 250 steps): about 4 minutes eac
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from demo.evaluate import main as evaluate_main
 from demo.folder import diffusers_configs
 from demo.measure import colour_response, vae_psnr
 from demo.pretrain import Diverged, demo_config, shift_levels, start_as_identity, train_vae
+from demo.pretrain import main as pretrain_main
 from svd.config import VAEConfig
 from svd.vae import VAE
 from svd.weights import load_svd, unet_config_from_diffusers, vae_config_from_diffusers
@@ -155,6 +157,17 @@ def test_vae_training_stops_with_an_error_when_its_loss_is_not_finite():
     with pytest.raises(Diverged, match="at step 1"):
         train_vae(vae, steps=3, batch_size=1, lr=1e30, rng=np.random.default_rng(0),
                   log=lambda msg: None)
+
+
+def test_continuing_the_unet_training_keeps_the_record_of_the_earlier_one(tmp_path):
+    out = tmp_path / "weights"
+    shutil.copytree(WEIGHTS, out)                          # its VAE, and its pretraining.json
+    before = json.loads((WEIGHTS / "pretraining.json").read_text())["unet"]
+    assert pretrain_main(["--stage", "unet", "--init", str(WEIGHTS), "--out", str(out),
+                          "--unet-steps", "1", "--unet-batch", "1", "--threads", "1"]) == 0
+    after = json.loads((out / "pretraining.json").read_text())["unet"]
+    assert after["steps"] == 1 and after["continued_from"] == before
+    load_svd(out)                                          # still a loadable folder
 
 
 def test_shipped_vae_reconstructs_held_out_frames():
