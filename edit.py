@@ -107,6 +107,8 @@ class EditConfig:
     train_steps: int = knob(250, "LoRA training steps per clip with --train")
     lora_rank: int = knob(32, "LoRA rank with --train")
     lora_lr: float = knob(5e-4, "LoRA learning rate with --train")
+    no_gradient_checkpointing: bool = knob(False, "with --train: keep activations (faster, "
+                                                  "more memory; the same weights)")
     # runtime
     decode_chunk_size: int = knob(14, "frames decoded together; 0 = all (less memory when small)")
     unet_chunk_size: int = knob(0, "frames per transformer call; 0 = all (less memory when small)")

@@ -89,8 +89,9 @@ class TrainConfig:
     @classmethod
     def from_edit(cls, cfg: EditConfig) -> "TrainConfig":
         """The training settings of `edit.py --train`: the edit's clips, conditioning and
-        schedule, with its --train-steps, --lora-rank and --lora-lr."""
+        schedule, with its --train-steps, --lora-rank, --lora-lr and --no-gradient-checkpointing."""
         return cls(steps=cfg.train_steps, rank=cfg.lora_rank, lr=cfg.lora_lr, fps=cfg.fps,
+                   no_gradient_checkpointing=cfg.no_gradient_checkpointing,
                    motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
                    seed=cfg.seed, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
                    sample_fps=cfg.sample_fps, steps_inversion=cfg.steps)

@@ -74,7 +74,11 @@ def run_demo(edit_main) -> int:
              "--weights", str(WEIGHTS), "--out-dir", str(OUT_DIR),
              "--motion-bucket-id", str(ex["motion_bucket_id"])]
     for name, value in DEMO_SETTINGS.items():
-        flags += ["--" + name.replace("_", "-"), str(value)]
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [flag] if value else []                          # a switch takes no value
+        else:
+            flags += [flag, str(value)]
     print("python edit.py " + " ".join(flags))
     status = edit_main(flags)
     if status != 0:

@@ -147,3 +147,13 @@ def test_nearest_step():
     inv = torch.tensor([10.0, 1.0, 0.1, 0.01])
     got = [train.nearest_step(torch.tensor(s), inv) for s in (20.0, 0.9, 0.12, 0.001)]
     assert got == [0, 0, 1, 2]
+
+
+def test_edit_py_train_passes_its_settings_to_the_training():
+    cfg = EditConfig(train_steps=7, lora_rank=3, lora_lr=1e-3, no_gradient_checkpointing=True,
+                     fps=5, num_frames=6, steps=10, seed=4, height=32, width=48)
+    t = TrainConfig.from_edit(cfg)
+    assert (t.steps, t.rank, t.lr, t.no_gradient_checkpointing) == (7, 3, 1e-3, True)
+    assert (t.fps, t.num_frames, t.steps_inversion, t.seed) == (5, 6, 10, 4)
+    assert (t.height, t.width) == (32, 48)
+    assert not TrainConfig.from_edit(EditConfig()).no_gradient_checkpointing   # the default
