@@ -1,7 +1,7 @@
 """The embedded demo: the procedural world, the shipped tiny weights, and the method on them.
 
 The slow tests run the whole method on the shipped weights (no training of the base model here),
-with the demo's default motion LoRA (the paper's 250 steps): about 4 minutes each on 2 CPU cores.
+with the demo's default motion LoRA (the paper's 250 steps): about 3 minutes each on 2 CPU cores.
 """
 
 import json
@@ -163,8 +163,9 @@ def test_continuing_the_unet_training_keeps_the_record_of_the_earlier_one(tmp_pa
     out = tmp_path / "weights"
     shutil.copytree(WEIGHTS, out)                          # its VAE, and its pretraining.json
     before = json.loads((WEIGHTS / "pretraining.json").read_text())["unet"]
+    # No --threads: torch.set_num_threads would hold for every later test of this process.
     assert pretrain_main(["--stage", "unet", "--init", str(WEIGHTS), "--out", str(out),
-                          "--unet-steps", "1", "--unet-batch", "1", "--threads", "1"]) == 0
+                          "--unet-steps", "1", "--unet-batch", "1"]) == 0
     after = json.loads((out / "pretraining.json").read_text())["unet"]
     assert after["steps"] == 1 and after["continued_from"] == before
     load_svd(out)                                          # still a loadable folder
