@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from attention import (Branch, DiskStore, MemoryStore, StepState, edit_processors, installed,
                        mask_pictures, source_processors)
@@ -44,7 +43,7 @@ from svd.cli import build_parser, knob
 from svd.conditioning import Conditions, encode_conditions, zero_conditions
 from svd.latents import decode_latents, encode_video
 from svd.media import (InputError, atomic_write, check_frame_size, check_resolution, load_image,
-                       load_video, make_run_dir, write_video_outputs)
+                       load_video, make_run_dir, save_png, split_clips, write_video_outputs)
 from svd.sampling import frame_guidance, generate_video, v_denoise
 from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
 
@@ -256,20 +255,8 @@ def edit_clip(svd: SVD, source: SourceRecord, image: torch.Tensor, state: StepSt
 
 
 # ---------------------------------------------------------------------------------------------
-# Long videos: clips, and the chain of edits through them
+# Long videos: the chain of edits through the clips
 # ---------------------------------------------------------------------------------------------
-
-def split_clips(num_video_frames: int, num_frames: int, overlap: int) -> list[range]:
-    """Frame ranges of the clips: F frames each, consecutive clips sharing `overlap` frames.
-    A last clip is kept only if complete (SVD's motion at F frames is what the LoRA learns)."""
-    if not 0 <= overlap < num_frames:
-        raise InputError(f"--overlap must be in [0, {num_frames - 1}], got {overlap}")
-    if num_video_frames < num_frames:
-        raise InputError(f"the sampled video has {num_video_frames} frames, fewer than one clip "
-                         f"({num_frames}); raise --sample-fps or lower --num-frames")
-    stride = num_frames - overlap
-    return [range(s, s + num_frames) for s in range(0, num_video_frames - num_frames + 1, stride)]
-
 
 def edit_video(svd: SVD, sources: list[SourceRecord], image: torch.Tensor, loras: list[dict | None],
                cfg: EditConfig, source_kv=None, masks=None, progress=print) -> torch.Tensor:
@@ -294,7 +281,7 @@ def edit_video(svd: SVD, sources: list[SourceRecord], image: torch.Tensor, loras
 
 
 # ---------------------------------------------------------------------------------------------
-# Input and output
+# Entry point
 # ---------------------------------------------------------------------------------------------
 
 def save_mask_pictures(masks: MemoryStore, folder: Path, height: int, width: int) -> None:
@@ -302,13 +289,8 @@ def save_mask_pictures(masks: MemoryStore, folder: Path, height: int, width: int
     folder.mkdir(parents=True, exist_ok=True)
     for (clip, step), picture in mask_pictures(masks, height, width).items():
         pixels = (picture * 255).round().to(torch.uint8).numpy()           # (H, F*W)
-        atomic_write(folder / f"clip{clip}_step{step:02d}.png",
-                     lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"))
+        save_png(pixels, folder / f"clip{clip}_step{step:02d}.png")
 
-
-# ---------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------
 
 def check_config(cfg: EditConfig) -> None:
     if not cfg.edited_frame:
@@ -341,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.plain_i2v:
             video, video_size = load_video(cfg.video, cfg.sample_fps, cfg.start_t, cfg.end_t,
                                            cfg.height, cfg.width)
-            clips = split_clips(len(video), cfg.num_frames, cfg.overlap)[: cfg.max_clips or None]
+            clips = split_clips(len(video), cfg.num_frames, cfg.overlap, cfg.max_clips)
             for path in cfg.edited_frame:
                 load_image(path, cfg.height, cfg.width)          # readable at all?
                 check_frame_size(path, video_size, size)

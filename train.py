@@ -36,14 +36,15 @@ from tqdm import tqdm
 
 from attention import Branch, MemoryStore, SkipIntervalKV, StepState, attention_layers, installed
 from edm import edm_loss_weight, inversion_sigmas, karras_sigmas, sample_training_sigmas
-from edit import EditConfig, record_source, split_clips
+from edit import EditConfig, record_source
 from lora import (LoRAError, add_lora, export_single_file, is_temporal_transformer_linear,
                   load_lora_state_dict, lora_layers, lora_parameters, lora_state_dict, remove_lora,
                   save_lora)
 from svd.cli import build_parser, knob
 from svd.conditioning import Conditions, encode_conditions
 from svd.latents import encode_video
-from svd.media import InputError, atomic_write, check_resolution, load_video, make_run_dir
+from svd.media import (InputError, atomic_write, check_resolution, load_video, make_run_dir,
+                       split_clips)
 from svd.sampling import v_denoise
 from svd.single_file import unet_transformer_path_to_sgm
 from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--video is required")
         video, _ = load_video(cfg.video, cfg.sample_fps, cfg.start_t, cfg.end_t, cfg.height,
                               cfg.width)
-        clips = split_clips(len(video), cfg.num_frames, cfg.overlap)[: cfg.max_clips or None]
+        clips = split_clips(len(video), cfg.num_frames, cfg.overlap, cfg.max_clips)
         cfg.weights = find_weights(cfg.weights)
         svd = load_svd(cfg.weights, getattr(torch, cfg.dtype), cfg.device)
         check_resolution(cfg.height, cfg.width, svd.pixel_multiple)

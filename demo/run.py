@@ -20,7 +20,7 @@ from PIL import Image
 
 from demo import world
 from demo.evaluate import DEMO_SETTINGS, WEIGHTS, edit_config, scores, to_model, to_numpy
-from svd.media import atomic_write
+from svd.media import atomic_write, save_png
 from svd.sampling import generate_video
 from svd.weights import load_svd
 
@@ -54,7 +54,7 @@ def write_inputs(ex: dict, folder: Path) -> tuple[Path, Path]:
     video, frame = folder / "source.mp4", folder / "edited_first_frame.png"
     save_lossless_video(as_uint8(ex["source"]), video, world.FPS)
     save_lossless_video(as_uint8(ex["edited"]), folder / "ground_truth.mp4", world.FPS)
-    atomic_write(frame, lambda tmp: Image.fromarray(as_uint8(ex["edited"][0])).save(tmp, "PNG"))
+    save_png(as_uint8(ex["edited"][0]), frame)
     print(f"demo scene {ex['seed']} ({ex['kind'].value} edit): wrote {video}, {frame} and "
           f"{folder / 'ground_truth.mp4'}")
     return video, frame

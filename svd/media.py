@@ -70,11 +70,16 @@ def save_video(frames: np.ndarray, path: Path, fps: float) -> None:
     atomic_write(path, write)
 
 
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    """(H, W, 3) or (H, W) uint8 -> a PNG file, atomically."""
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+
+
 def save_frames(frames: np.ndarray, folder: Path) -> None:
+    """(F, H, W, 3) uint8 -> folder/0000.png, 0001.png, ..."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(frames):
-        atomic_write(folder / f"{i:04d}.png",
-                     lambda tmp, f=frame: Image.fromarray(f).save(tmp, format="PNG"))
+        save_png(frame, folder / f"{i:04d}.png")
 
 
 def write_video_outputs(run: Path, name: str, frames: torch.Tensor, fps: float) -> None:
@@ -124,6 +129,21 @@ def load_video(path: str, sample_fps: float, start_t: float, end_t: float, heigh
     if not frames:
         raise InputError(f"{path}: nothing between {start_t} s and {end_t} s")
     return torch.cat(frames), decoded[0][1].size
+
+
+def split_clips(num_video_frames: int, num_frames: int, overlap: int, max_clips: int = 0
+                ) -> list[range]:
+    """Frame ranges of the clips: F frames each, consecutive clips sharing `overlap` frames, at
+    most `max_clips` of them (0 = all). A last clip is kept only if complete (SVD's motion at F
+    frames is what the motion LoRA learns)."""
+    if not 0 <= overlap < num_frames:
+        raise InputError(f"--overlap must be in [0, {num_frames - 1}], got {overlap}")
+    if num_video_frames < num_frames:
+        raise InputError(f"the sampled video has {num_video_frames} frames, fewer than one clip "
+                         f"({num_frames}); raise --sample-fps or lower --num-frames")
+    stride = num_frames - overlap
+    starts = range(0, num_video_frames - num_frames + 1, stride)
+    return [range(s, s + num_frames) for s in starts][: max_clips or None]
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

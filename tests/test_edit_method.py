@@ -6,9 +6,9 @@ import pytest
 
 from attention import MemoryStore, StepState
 from edit import (EditConfig, SourceAttention, edit_clip, edit_video, perturb_smooth_areas,
-                  record_source, split_clips)
+                  record_source)
 from svd.config import SVDConfig
-from svd.media import InputError
+from svd.media import InputError, split_clips
 from svd.weights import load_svd
 from tests.helpers import save_oracle_folder
 
@@ -49,6 +49,7 @@ def test_sarp_perturbs_flat_areas_only():
 def test_split_clips():
     assert split_clips(10, 4, 1) == [range(0, 4), range(3, 7), range(6, 10)]
     assert split_clips(14, 14, 1) == [range(0, 14)]
+    assert split_clips(10, 4, 1, max_clips=2) == [range(0, 4), range(3, 7)]
     with pytest.raises(InputError):
         split_clips(3, 4, 1)
 
