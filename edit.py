@@ -72,13 +72,15 @@ class EditConfig:
     sample_fps: float = knob(2.5, "frames per second taken from the video (reference 2.5)")
     start_t: float = knob(0.0, "first second of the video used")
     end_t: float = knob(0.0, "last second used; 0 = to the end")
-    num_frames: int = knob(14, "frames per clip F (SVD 14, SVD-XT 25)")
-    overlap: int = knob(1, "frames shared by consecutive clips (the next clip starts there)")
-    max_clips: int = knob(0, "edit at most this many clips; 0 = all")
+    num_frames: int = knob(14, "frames per clip F (SVD 14, SVD-XT 25)", minimum=1)
+    overlap: int = knob(1, "frames shared by consecutive clips (the next clip starts there)",
+                        minimum=0)
+    max_clips: int = knob(0, "edit at most this many clips; 0 = all", minimum=0)
     height: int = knob(576, "working height (latent must divide by the U-Net's 2^levels)")
     width: int = knob(1024, "working width")
     # sampling (i2vedit.md §4)
-    steps: int = knob(25, "Euler steps N over the Karras sigmas, inversion and editing")
+    steps: int = knob(25, "Euler steps N over the Karras sigmas, inversion and editing",
+                       minimum=1)
     min_guidance: float = knob(1.0, "classifier-free guidance of the first frame")
     max_guidance: float = knob(2.0, "... rising linearly to this at the last frame (ref. 2.0)")
     fps: int = knob(7, "frame rate id given to the model (it sees fps - 1), all phases")
@@ -103,8 +105,8 @@ class EditConfig:
                                               "attention comes from (same result)")
     save_masks: bool = knob(False, "write pictures of the spatial difference masks per step")
     # motion LoRA training with --train (train.py has the full set)
-    train_steps: int = knob(250, "LoRA training steps per clip with --train")
-    lora_rank: int = knob(32, "LoRA rank with --train")
+    train_steps: int = knob(250, "LoRA training steps per clip with --train", minimum=1)
+    lora_rank: int = knob(32, "LoRA rank with --train", minimum=1)
     lora_lr: float = knob(5e-4, "LoRA learning rate with --train")
     no_gradient_checkpointing: bool = knob(False, "with --train: keep activations (faster, "
                                                   "more memory; the same weights)")
@@ -305,8 +307,6 @@ def check_config(cfg: EditConfig) -> None:
             raise InputError("--video is required (or --plain-i2v for image-to-video)")
         if bool(cfg.lora) == cfg.train:
             raise InputError("pass either --lora (one file per clip) or --train")
-        if cfg.sample_fps <= 0:
-            raise InputError(f"--sample-fps must be positive, got {cfg.sample_fps}")
 
 
 def main(argv: list[str] | None = None) -> int:

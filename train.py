@@ -60,15 +60,16 @@ class TrainConfig:
     sample_fps: float = knob(2.5, "frames per second taken from the video")
     start_t: float = knob(0.0, "first second of the video used")
     end_t: float = knob(0.0, "last second used; 0 = to the end")
-    num_frames: int = knob(14, "frames per clip F")
-    overlap: int = knob(1, "frames shared by consecutive clips")
-    max_clips: int = knob(0, "train at most this many clips; 0 = all")
+    num_frames: int = knob(14, "frames per clip F", minimum=1)
+    overlap: int = knob(1, "frames shared by consecutive clips", minimum=0)
+    max_clips: int = knob(0, "train at most this many clips; 0 = all", minimum=0)
     height: int = knob(576, "training height (the reference trains at 512, edits at 576)")
     width: int = knob(1024, "training width (reference 896)")
     # the adapter and its optimiser (i2vedit.md §2)
-    rank: int = knob(32, "LoRA rank r")
+    rank: int = knob(32, "LoRA rank r", minimum=1)
     dropout: float = knob(0.1, "dropout on the adapter input (reference: 0.1, after lora_up)")
-    steps: int = knob(250, "optimisation steps per clip (the paper's results use 250)")
+    steps: int = knob(250, "optimisation steps per clip (the paper's results use 250)",
+                       minimum=1)
     lr: float = knob(5e-4, "AdamW learning rate")
     weight_decay: float = knob(1e-2, "AdamW weight decay")
     # conditioning, as in every phase (edit.py)
@@ -76,10 +77,12 @@ class TrainConfig:
     motion_bucket_id: int = knob(127, "SVD's motion conditioning")
     noise_aug_strength: float = knob(0.02, "pixel noise on the conditioning image")
     # skip-interval: clip 0's source K/V on the editing schedule
-    steps_inversion: int = knob(25, "N of the schedule on which clip 0's K/V are recorded")
+    steps_inversion: int = knob(25, "N of the schedule on which clip 0's K/V are recorded",
+                                 minimum=1)
     no_skip_interval: bool = knob(False, "later clips do not attend to clip 0 while training")
     # runtime
-    checkpoint_every: int = knob(50, "write a resumable checkpoint every this many steps")
+    checkpoint_every: int = knob(50, "write a resumable checkpoint every this many steps",
+                                  minimum=1)
     export_single_file: bool = knob(False, "also write each LoRA in single-file (sgm) naming")
     no_gradient_checkpointing: bool = knob(False, "keep activations (faster, more memory)")
     seed: int = knob(23, "random seed")

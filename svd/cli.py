@@ -6,11 +6,23 @@ import argparse
 from dataclasses import field, fields
 
 
-def knob(default, help: str):
-    """A configuration field with its --help text (lists get a fresh default per instance)."""
+def knob(default, help: str, minimum: int | None = None):
+    """A configuration field with its --help text (lists get a fresh default per instance);
+    `minimum` for counts: a smaller value on the command line is argparse's one-line error."""
+    metadata = {"help": help, "minimum": minimum}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def at_least(minimum: int):
+    """An argparse `type`: an int not below `minimum`."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
 def build_parser(config_cls, prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
@@ -27,5 +39,7 @@ def build_parser(config_cls, prog: str, description: str, epilog: str) -> argpar
         elif isinstance(default, list):
             parser.add_argument(flag, nargs="+", default=default, help=help_text, metavar="PATH")
         else:
-            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+            minimum = f.metadata.get("minimum")
+            kind = type(default) if minimum is None else at_least(minimum)
+            parser.add_argument(flag, type=kind, default=default, help=help_text)
     return parser

@@ -3,7 +3,9 @@
 Frames going in are (N, 3, H, W) float in [-1, 1], resized with Lanczos as the reference does;
 frames coming out are (F, 3, H, W) in [0, 1], turned into (F, H, W, 3) uint8 for files. Every
 file is written through `atomic_write`, so an interrupted run never leaves half a file. PyAV is
-imported inside the video functions so the rest of the project runs without it.
+imported inside the video functions so the rest of the project runs without it. Also here:
+the checks of what a user asks of them (a working size the model takes, the split of a video
+into clips), each failing with one `InputError` line.
 """
 
 import os
@@ -106,6 +108,8 @@ def load_video(path: str, sample_fps: float, start_t: float, end_t: float, heigh
     end_t (0 = the end), the video's own (width, height)). Each sample is the decoded frame
     nearest in time; frames are resized with Lanczos like the images. av is imported here so
     the rest of the project runs without it."""
+    if sample_fps <= 0:
+        raise InputError(f"--sample-fps must be positive, got {sample_fps}")
     import av
 
     if not Path(path).is_file():
@@ -136,6 +140,9 @@ def split_clips(num_video_frames: int, num_frames: int, overlap: int, max_clips:
     """Frame ranges of the clips: F frames each, consecutive clips sharing `overlap` frames, at
     most `max_clips` of them (0 = all). A last clip is kept only if complete (SVD's motion at F
     frames is what the motion LoRA learns)."""
+    if num_frames < 1 or max_clips < 0:
+        raise InputError(f"--num-frames must be at least 1 and --max-clips at least 0, got "
+                         f"{num_frames} and {max_clips}")
     if not 0 <= overlap < num_frames:
         raise InputError(f"--overlap must be in [0, {num_frames - 1}], got {overlap}")
     if num_video_frames < num_frames:

@@ -123,6 +123,26 @@ def test_train_py_refuses_a_size_the_unet_cannot_take_in_one_line(scene, weights
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("script, flag, value, message", [
+    ("edit.py", "--steps", 0, "argument --steps: must be at least 1, got 0"),
+    ("edit.py", "--train-steps", 0, "argument --train-steps: must be at least 1, got 0"),
+    ("train.py", "--steps", 0, "argument --steps: must be at least 1, got 0"),
+    ("train.py", "--max-clips", -1, "argument --max-clips: must be at least 0, got -1"),
+    ("train.py", "--sample-fps", 0, "error: --sample-fps must be positive, got 0.0")])
+def test_counts_out_of_range_are_one_error_line(script, flag, value, message, scene, weights,
+                                                tmp_path):
+    # Each of these was a traceback (an empty schedule, an index error, a division by zero).
+    args = ["--video", scene / "src.mp4", "--weights", weights, "--out-dir", tmp_path / "runs",
+            *SCENE_ARGS, flag, value]
+    if script == "edit.py":
+        args += ["--edited-frame", scene / "edit.png", "--train"]
+    result = subprocess.run([sys.executable, script, *map(str, args)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(message)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_then_edit_writes_every_output(scene, weights, trained, tmp_path):
     assert [p.name for p in trained] == ["clip0.safetensors", "clip1.safetensors"]
     assert not [p for p in trained[0].parent.iterdir() if p.name.startswith(".")]

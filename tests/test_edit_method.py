@@ -52,6 +52,9 @@ def test_split_clips():
     assert split_clips(10, 4, 1, max_clips=2) == [range(0, 4), range(3, 7)]
     with pytest.raises(InputError):
         split_clips(3, 4, 1)
+    for bad in [(10, 0, 0), (10, 4, 1, -1), (10, 4, 4)]:    # no frames, negative, overlap >= F
+        with pytest.raises(InputError):
+            split_clips(*bad)
 
 
 @torch.no_grad()
