@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo import world  # noqa: E402
 from demo.evaluate import WEIGHTS, Variant, run_variants, scores  # noqa: E402
-from svd.weights import load_svd  # noqa: E402
+from svd.weights import WeightsError, load_svd  # noqa: E402
 
 
 def colour_transfer(source: np.ndarray, edited0: np.ndarray, levels: int = 16,
@@ -60,10 +60,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     svd = load_svd(args.weights)
-    kinds = list(world.EditKind)
     rows, start = [], time.time()
     for seed in args.seeds:
-        ex = world.example(seed, kinds[seed % len(kinds)])
+        ex = world.evaluation_example(seed)
         moved, changed = colour_transfer(ex["source"], ex["edited"][0])
         rmse = float(np.sqrt(((moved - ex["edited"]) ** 2).mean()))
         frames = run_variants(svd, {**ex, "source": moved}, [Variant.FULL])[Variant.FULL]
@@ -78,4 +77,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except WeightsError as e:       # a missing or broken --weights folder
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)

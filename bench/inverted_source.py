@@ -23,7 +23,7 @@ from demo import world  # noqa: E402
 from demo.evaluate import WEIGHTS, edit_config, to_model  # noqa: E402
 from edit import record_source  # noqa: E402
 from svd.latents import encode_video  # noqa: E402
-from svd.weights import load_svd  # noqa: E402
+from svd.weights import WeightsError, load_svd  # noqa: E402
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -40,9 +40,8 @@ def main(argv=None) -> int:
                    help="SARP noise std before inversion; 0 = no SARP (0.005 is the paper's)")
     args = p.parse_args(argv)
     svd = load_svd(args.weights)
-    kinds = list(world.EditKind)
     for seed in args.seeds:
-        ex = world.example(seed, kinds[seed % len(kinds)])
+        ex = world.evaluation_example(seed)
         video = to_model(ex["source"])                                  # (F, 3, H, W)
         clean = encode_video(svd, video)[0]                             # (F, 4, h, w)
         for scale in args.sarp_scales:
@@ -57,4 +56,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except WeightsError as e:       # a missing or broken --weights folder
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)

@@ -276,11 +276,10 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     svd = load_svd(args.weights)
     variants = [Variant(v) for v in args.variants]
-    kinds = list(world.EditKind)
     results, start = [], time.time()
     for seed in range(args.first_seed, args.first_seed + args.scenes):
-        kind = kinds[seed % len(kinds)]
-        ex = world.example(seed, kind)
+        ex = world.evaluation_example(seed)
+        kind = ex["kind"]
         outputs = run_variants(svd, ex, variants, train_steps=args.train_steps,
                                lora_rank=args.lora_rank, lora_lr=args.lora_lr)
         for v, frames in outputs.items():

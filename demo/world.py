@@ -257,6 +257,12 @@ def example(seed: int, kind: EditKind) -> dict:
             "motion_bucket_id": source_scene.motion_bucket_id}
 
 
+def evaluation_example(seed: int) -> dict:
+    """The evaluation case of a seed: `example` with edit kind seed mod 4 (recolour, reshape,
+    pattern, style), so any 4 consecutive seeds cover every kind."""
+    return example(seed, list(EditKind)[seed % len(EditKind)])
+
+
 def colour_mask(frames: np.ndarray, colour: np.ndarray, tolerance: float = 0.25) -> np.ndarray:
     """(F, H, W, 3) in [0, 1] -> (F, H, W) bool: pixels within `tolerance` (RGB Euclidean) of
     `colour`. Muted backgrounds and the other palette colours are further than that."""

@@ -37,6 +37,17 @@ def test_world_is_deterministic_and_held_out_seeds_differ():
     assert 0.0 <= a["source"].min() and a["source"].max() <= 1.0
 
 
+def test_evaluation_seeds_take_the_edit_kinds_in_turn():
+    """demo/evaluate.py's scenes: any four consecutive seeds give every edit kind once, each the
+    world's example for that seed and kind."""
+    for first in (0, 1002):
+        cases = [world.evaluation_example(s) for s in range(first, first + 4)]
+        assert {ex["kind"] for ex in cases} == set(world.EditKind)
+        for s, ex in zip(range(first, first + 4), cases):
+            same = world.example(s, ex["kind"])
+            assert ex["seed"] == s and np.array_equal(ex["edited"], same["edited"])
+
+
 @pytest.mark.parametrize("kind", list(world.EditKind))
 def test_each_edit_changes_the_target_and_keeps_its_motion(kind):
     """The ground truth differs from the source, its first frame is the edit, and the edited
