@@ -25,9 +25,12 @@ single `svd.safetensors` / `svd_xt.safetensors` file (svd/weights.py); without -
 Hugging Face cache folder is searched (no hub library needed).
 """
 
+import contextlib
 import enum
+import itertools
 import json
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,8 +76,8 @@ class EditConfig:
     start_t: float = knob(0.0, "first second of the video used")
     end_t: float = knob(0.0, "last second used; 0 = to the end")
     num_frames: int = knob(14, "frames per clip F (SVD 14, SVD-XT 25)", minimum=1)
-    overlap: int = knob(1, "frames shared by consecutive clips (the next clip starts there)",
-                        minimum=0)
+    overlap: int = knob(1, "frames shared by consecutive clips (the next clip starts at the "
+                           "first shared one, conditioned on its edit)", minimum=1)
     max_clips: int = knob(0, "edit at most this many clips; 0 = all", minimum=0)
     height: int = knob(576, "working height (latent must divide by the U-Net's 2^levels)")
     width: int = knob(1024, "working width")
@@ -103,6 +106,13 @@ class EditConfig:
     sarp_noise_scale: float = knob(5e-3, "SARP: std of the noise added to flat pixels")
     source_attention: str = knob("recompute", "recompute | memory | disk: where the source "
                                               "attention comes from (same result)")
+    skip_interval_kv: str = knob("recompute", "recompute | memory: clip 0's K/V for later clips "
+                                              "rerun per step (bounded memory) or all kept "
+                                              "(~36 GB/branch at 576x1024 bf16; same result)")
+    chain: str = knob("latent", "latent | frame: the next clip's image latent is the shared "
+                                "frame's denoised latent (the reference) or its re-encoding")
+    invert_at_run_dtype: bool = knob(False, "run the inversion at --dtype (default: float32 "
+                                            "whatever --dtype, as the reference)")
     save_masks: bool = knob(False, "write pictures of the spatial difference masks per step")
     # motion LoRA training with --train (train.py has the full set)
     train_steps: int = knob(250, "LoRA training steps per clip with --train", minimum=1)
@@ -155,6 +165,61 @@ def perturb_smooth_areas(frames: torch.Tensor, threshold: float = 1e-3,
 
 
 # ---------------------------------------------------------------------------------------------
+# Skip-interval: where clips k > 0 get clip 0's temporal K/V (i2vedit.md §4.4)
+# ---------------------------------------------------------------------------------------------
+
+class ClipZeroKV(enum.Enum):
+    RECOMPUTE = "recompute"   # keep one step; later clips rerun clip 0's passes of that step
+    MEMORY = "memory"         # keep every step (at 576x1024 in bf16, ~1.45 GB per step and branch)
+
+
+@dataclass
+class SkipInterval:
+    """Clip 0's temporal self-attention K/V for later clips (attention/skip_interval.py).
+
+    `kv` is written by clip 0's passes, keyed by (step, branch). MEMORY keeps every step, as
+    recorded while clip 0 ran: 25 steps of 576x1024 x 14 frames are ~36 GB per branch in bf16.
+    RECOMPUTE keeps one step: before each step of any clip `refill` empties the store, and for a
+    later clip calls `replay(step)`, which reruns clip 0's own passes of that step from its kept
+    trajectory (the U-Net is deterministic, so the K/V are those clip 0 computed). The price is
+    U-Net calls, counted in `extra_calls`: one per inversion or training step, two or three
+    per edit step. `source_kv` is where a source pass's K/V live (the edit's own store with
+    RECOMPUTE; the inversion's with MEMORY)."""
+
+    mode: ClipZeroKV
+    kv: MemoryStore
+    source_kv: MemoryStore | None = None
+    replay: Callable[[int], int] | None = None     # set once clip 0 has run; returns its calls
+    extra_calls: int = 0
+
+    def __post_init__(self):
+        self.source_kv = self.kv if self.source_kv is None else self.source_kv
+
+    @classmethod
+    def for_video(cls, mode: str, num_clips: int, enabled: bool = True) -> "SkipInterval | None":
+        """The inversion's store for a video of `num_clips` clips (None: nothing to join).
+        MEMORY keeps its steps on the CPU; RECOMPUTE's one step stays on the model's device."""
+        if num_clips < 2 or not enabled:
+            return None
+        mode = ClipZeroKV(mode)
+        return cls(mode, MemoryStore(device="cpu" if mode is ClipZeroKV.MEMORY else None))
+
+    def refill(self, clip: int, step: int) -> None:
+        """Before the passes of `step` of clip `clip`: clip 0's K/V of that step in `kv`."""
+        if self.mode is ClipZeroKV.MEMORY:
+            return
+        self.kv.clear()
+        if clip > 0:
+            self.extra_calls += self.replay(step)
+
+    def for_edit(self) -> "SkipInterval":
+        """The store of one edited frame's chain (clip 0's edit K/V, per guidance branch)."""
+        if self.mode is ClipZeroKV.MEMORY:
+            return SkipInterval(self.mode, MemoryStore(device="cpu"), source_kv=self.kv)
+        return SkipInterval(self.mode, MemoryStore())
+
+
+# ---------------------------------------------------------------------------------------------
 # Stage 2a: record the source by EDM inversion (base model, no guidance)
 # ---------------------------------------------------------------------------------------------
 
@@ -165,77 +230,126 @@ class SourceRecord:
     clip: int
     inverted: torch.Tensor      # (1, F, 4, h, w): the latent at sigma_0 editing starts from
     cond: Conditions            # the inversion's conditions (the clip's own first frame)
-    trajectory: dict            # RECOMPUTE: step s -> (x, sigma) the U-Net saw at step s
+    trajectory: dict            # step s -> (x, sigma) the U-Net saw at step s (for reruns)
     store: object               # recorded attention (MEMORY/DISK); one step's (RECOMPUTE)
     mode: SourceAttention
 
 
+@contextlib.contextmanager
+def weights_in(dtype: torch.dtype, *modules: torch.nn.Module) -> Iterator[None]:
+    """Every floating parameter and buffer of `modules` in `dtype` inside the block; each gets
+    its own dtype back after (exact: bf16/fp16 -> float32 -> back loses nothing). Float32 LoRA
+    adapters on a bf16 base stay as they are."""
+    saved = []
+    for module in modules:
+        for t in itertools.chain(module.parameters(), module.buffers()):
+            if t.is_floating_point() and t.dtype != dtype:
+                saved.append((t, t.dtype))
+                t.data = t.data.to(dtype)
+    try:
+        yield
+    finally:
+        for t, original in saved:
+            t.data = t.data.to(original)
+
+
 @torch.no_grad()
 def record_source(svd: SVD, frames: torch.Tensor, clip: int, state: StepState, cfg: EditConfig,
-                  source_kv=None, generator: torch.Generator | None = None,
+                  skip: SkipInterval | None = None, generator: torch.Generator | None = None,
                   disk_root: Path | None = None) -> SourceRecord:
     """frames (F, 3, H, W) in [-1, 1] of clip `clip` -> its SourceRecord.
 
     SARP, VAE encoding, then Euler inversion over the editing schedule with the LoRA off and the
-    clip's own (perturbed) first frame as conditioning. Inversion step s evaluates the U-Net at
-    sigma_{s+1} (edm/invert.py), and what it records is keyed by s: editing step s reads it."""
+    clip's own (perturbed) first frame as conditioning, in float32 whatever the weights' dtype
+    unless cfg.invert_at_run_dtype (the reference inverts in float32: errors made here are
+    carried by every later step of the edit). Inversion step s evaluates the U-Net at
+    sigma_{s+1} (edm/invert.py), and what it records is keyed by s: editing step s reads it.
+    With `skip`, clip 0 records its K/V and later clips attend to them; after clip 0, `skip`
+    can rerun clip 0's source pass of any step (`source_replay`)."""
     if not cfg.no_sarp:
         frames = perturb_smooth_areas(frames, cfg.sarp_threshold, cfg.sarp_noise_scale, generator)
-    latents = encode_video(svd, frames)                                     # (1, F, 4, h, w)
-    cond = encode_conditions(svd.clip, svd.vae, frames[:1], cfg.fps, cfg.motion_bucket_id,
-                             cfg.noise_aug_strength, generator)
     mode = SourceAttention(cfg.source_attention)
     store = DiskStore(disk_root) if mode is SourceAttention.DISK else MemoryStore()
     procs = source_processors(svd.unet, store, state, record=mode is not SourceAttention.RECOMPUTE,
-                              source_kv=source_kv)
+                              source_kv=skip.kv if skip else None)
     trajectory = {}
 
     def denoise(x, sigma, step):
+        if skip is not None:
+            skip.refill(clip, step)                 # clip 0's K/V of this step
         state.clip, state.step, state.branch = clip, step, Branch.SOURCE   # the only writer here
-        if mode is SourceAttention.RECOMPUTE:
-            trajectory[step] = (x.clone(), sigma)
+        trajectory[step] = (x.clone(), sigma)
         return v_denoise(svd.unet, x, sigma, cond)
 
-    sigmas = karras_sigmas(cfg.steps).to(latents.device)
-    with lora_scale(svd.unet, 0.0), installed(svd.unet, procs):
-        inverted = invert_euler(denoise, latents, sigmas, progress=True)
+    dtype = next(svd.unet.parameters()).dtype if cfg.invert_at_run_dtype else torch.float32
+    sigmas = karras_sigmas(cfg.steps).to(frames.device)
+    with weights_in(dtype, svd.unet, svd.vae):
+        latents = encode_video(svd, frames)                                 # (1, F, 4, h, w)
+        cond = encode_conditions(svd.clip, svd.vae, frames[:1], cfg.fps, cfg.motion_bucket_id,
+                                 cfg.noise_aug_strength, generator)
+        with lora_scale(svd.unet, 0.0), installed(svd.unet, procs):
+            inverted = invert_euler(denoise, latents, sigmas, progress=True)
     # invert_euler returns the latent at sigma_0 itself: the reference divides it by
     # sqrt(sigma_0^2 + 1) and its pipeline multiplies that back, so we start from it as is.
-    return SourceRecord(clip, inverted, cond, trajectory, store, mode)
+    record = SourceRecord(clip, inverted, cond, trajectory, store, mode)
+    if skip is not None and clip == 0:
+        skip.replay = source_replay(svd, record, skip)
+    return record
+
+
+def source_replay(svd: SVD, record: SourceRecord, skip: SkipInterval) -> Callable[[int], int]:
+    """replay(step): clip 0's source pass of `step` again (base model, its own conditioning),
+    writing its K/V into skip.kv; for the inversion and LoRA training of later clips. It runs
+    at the weights' current dtype: float32 inside record_source, the run dtype in training."""
+    state = StepState()                                  # this pass's own clock
+    procs = source_processors(svd.unet, None, state, record=False, source_kv=skip.kv)
+
+    @torch.no_grad()
+    def replay(step: int) -> int:
+        x, sigma = record.trajectory[step]
+        state.clip, state.step, state.branch = 0, step, Branch.SOURCE
+        with lora_scale(svd.unet, 0.0), installed(svd.unet, procs):
+            v_denoise(svd.unet, x, sigma, record.cond)
+        return 1
+
+    return replay
 
 
 # ---------------------------------------------------------------------------------------------
 # Stage 2b: appearance refinement (edit one clip)
 # ---------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def edit_clip(svd: SVD, source: SourceRecord, image: torch.Tensor, state: StepState,
-              cfg: EditConfig, source_kv=None, edit_kv=None, masks=None,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample the edit of one clip: image (1, 3, H, W) in [-1, 1] (the edited first frame, or
-    the previous clip's last edited frame) -> latents (1, F, 4, h, w).
+def edit_denoiser(svd: SVD, source: SourceRecord, cond: Conditions, state: StepState,
+                  cfg: EditConfig, skip: SkipInterval | None = None, masks=None,
+                  lora: dict | None = None) -> tuple[Callable, int]:
+    """The guided denoiser of one clip's edit, and the U-Net calls it makes per step.
 
-    Starts from the clip's inverted latent, LoRA at cfg.lora_scale, per-frame linear guidance.
-    With SourceAttention.RECOMPUTE, each step first reruns the base model on the source latent
-    the inversion saw for that step (a third U-Net call), which records this step's source
-    attention afresh instead of keeping all steps."""
+    cond: the edited first frame's conditions (or the previous clip's handed-over frame).
+    Per step: with SourceAttention.RECOMPUTE, first the base model on the source latent the
+    inversion saw for that step (a third U-Net call), which records this step's source
+    attention afresh instead of keeping all steps; then the unconditional branch (plain but for
+    skip-interval K/V) and the conditional one (the method's injections); CFG per frame."""
     unet = svd.unet
     num_frames = source.inverted.shape[1]
-    cond = encode_conditions(svd.clip, svd.vae, image, cfg.fps, cfg.motion_bucket_id,
-                             cfg.noise_aug_strength, generator)
     uncond = zero_conditions(cond)
-    guidance = frame_guidance(num_frames, cfg.min_guidance, cfg.max_guidance).to(image.device)
+    guidance = frame_guidance(num_frames, cfg.min_guidance, cfg.max_guidance).to(
+        cond.image_latent.device)
     uncond_procs, cond_procs = edit_processors(
         unet, source.store, state, num_frames, cfg.steps,
         spatial_matching=not cfg.no_spatial_matching,
         temporal_selector=not cfg.no_temporal_selector, beta1=cfg.beta1, beta2=cfg.beta2,
         mask_threshold=(cfg.mask_threshold_first, cfg.mask_threshold_last),
-        coarse_up=cfg.coarse_up, edit_kv=edit_kv, masks=masks)
+        coarse_up=cfg.coarse_up, edit_kv=skip.kv if skip else None, masks=masks)
     needs_source = not (cfg.no_spatial_matching and cfg.no_temporal_selector)
     recompute = needs_source and source.mode is SourceAttention.RECOMPUTE
-    record_procs = source_processors(unet, source.store, state, record=True, source_kv=source_kv)
+    record_procs = source_processors(unet, source.store, state, record=True,
+                                     source_kv=skip.source_kv if skip else None)
 
     def denoise(x, sigma, step):
+        if skip is not None:
+            skip.refill(source.clip, step)     # clip 0's K/V of this step (may rerun clip 0)
+        if lora is not None:
+            load_lora_state_dict(unet, lora)   # this clip's motion LoRA (a rerun swaps it)
         state.clip, state.step = source.clip, step       # the only writer of the step state
         if recompute:
             state.branch = Branch.SOURCE
@@ -251,34 +365,97 @@ def edit_clip(svd: SVD, source: SourceRecord, image: torch.Tensor, state: StepSt
             x0_cond = v_denoise(unet, x, sigma, cond)
         return x0_uncond + guidance * (x0_cond - x0_uncond)
 
-    sigmas = karras_sigmas(cfg.steps).to(image.device)
-    with lora_scale(unet, cfg.lora_scale):
-        return sample_euler(denoise, source.inverted, sigmas, progress=True)
+    return denoise, 2 + recompute
+
+
+def image_conditions(svd: SVD, image: torch.Tensor, cfg: EditConfig,
+                     generator: torch.Generator | None = None) -> Conditions:
+    """The conditions of an edited first frame (1, 3, H, W) in [-1, 1] with cfg's ids."""
+    return encode_conditions(svd.clip, svd.vae, image, cfg.fps, cfg.motion_bucket_id,
+                             cfg.noise_aug_strength, generator)
+
+
+@torch.no_grad()
+def edit_clip(svd: SVD, source: SourceRecord, cond: Conditions, state: StepState,
+              cfg: EditConfig, skip: SkipInterval | None = None, masks=None,
+              lora: dict | None = None) -> torch.Tensor:
+    """Sample the edit of one clip -> latents (1, F, 4, h, w): Euler from the clip's inverted
+    latent, LoRA at cfg.lora_scale (`lora`: this clip's adapter state, loaded each step).
+    After clip 0 with a RECOMPUTE `skip`, skip.replay reruns any step of this edit."""
+    denoise, calls = edit_denoiser(svd, source, cond, state, cfg, skip, masks, lora)
+    trajectory = {}
+
+    def kept(x, sigma, step):
+        trajectory[step] = (x.clone(), sigma)           # (1, F, 4, h, w): small, for reruns
+        return denoise(x, sigma, step)
+
+    sigmas = karras_sigmas(cfg.steps).to(source.inverted.device)
+    with lora_scale(svd.unet, cfg.lora_scale):
+        latents = sample_euler(kept, source.inverted, sigmas, progress=True)
+    if skip is not None and source.clip == 0:
+        def replay(step: int) -> int:
+            x, sigma = trajectory[step]
+            denoise(x, sigma, step)                     # only its K/V are wanted
+            if source.mode is SourceAttention.RECOMPUTE:
+                source.store.clear()                    # clip 0's records of the step: done
+            return calls
+        skip.replay = replay
+    return latents
 
 
 # ---------------------------------------------------------------------------------------------
 # Long videos: the chain of edits through the clips
 # ---------------------------------------------------------------------------------------------
 
-def edit_video(svd: SVD, sources: list[SourceRecord], image: torch.Tensor, loras: list[dict | None],
-               cfg: EditConfig, source_kv=None, masks=None, progress=print) -> torch.Tensor:
+class Chain(enum.Enum):
+    LATENT = "latent"   # the next clip's image latent is the shared frame's denoised latent
+    FRAME = "frame"     # ... the shared frame decoded, re-encoded with fresh augmentation noise
+
+
+def handover(svd: SVD, frame: torch.Tensor, latent: torch.Tensor, cfg: EditConfig,
+             generator: torch.Generator) -> Conditions:
+    """The conditions of the next clip from the previous clip's edit of their first shared
+    frame: frame (1, 3, H, W) in [-1, 1] decoded, latent (1, 4, h, w) its diffusion latent.
+    The CLIP embedding always comes from the decoded frame. Chain.LATENT (the reference) takes
+    the latent itself, unscaled, plus noise_aug_strength * N(0, 1) in latent space; Chain.FRAME
+    re-encodes the decoded frame as for the user's first frame."""
+    if Chain(cfg.chain) is Chain.FRAME:
+        return image_conditions(svd, frame, cfg, generator)
+    cond = encode_conditions(svd.clip, svd.vae, frame, cfg.fps, cfg.motion_bucket_id, 0.0, None)
+    noise = torch.randn(latent.shape, generator=generator, device=latent.device)
+    image_latent = latent / svd.config.vae.scaling_factor + cfg.noise_aug_strength * noise
+    ids = cond.added_ids.clone()
+    ids[:, 2] = cfg.noise_aug_strength                  # the model is told the augmentation
+    return Conditions(cond.context, image_latent.float(), ids)
+
+
+def edit_video(svd: SVD, sources: list[SourceRecord], image: torch.Tensor,
+               loras: list[dict | None], cfg: EditConfig, skip: SkipInterval | None = None,
+               masks=None, clips: list[range] | None = None, progress=print) -> torch.Tensor:
     """One edited first frame (1, 3, H, W) in [-1, 1] through all clips -> frames (N, 3, H, W)
-    in [0, 1]. Clip k > 0 is conditioned on clip k-1's last edited frame (its own first frame,
-    thanks to the overlap) and, with `source_kv`, joins clip 0's K/V of this same edit."""
+    in [0, 1], N = clips[-1].stop. Clip k > 0 is conditioned on clip k-1's edit of its own
+    first frame (`handover`) and, with `skip` (from the inversion), joins clip 0's K/V of this
+    same edit. `clips`: the clips' frame ranges (default: consecutive, sharing cfg.overlap)."""
+    stride = cfg.num_frames - cfg.overlap
+    clips = clips or [range(k * stride, k * stride + cfg.num_frames) for k in range(len(sources))]
     state = StepState()
-    # One store per edited frame; on the CPU, since clip 0's K/V of all steps at 576x1024 are
-    # about 1.5 GB per step and branch in bf16 (36 GB for 25 steps).
-    edit_kv = MemoryStore(device="cpu") if source_kv is not None else None
+    edit_skip = skip.for_edit() if skip is not None else None   # one store per edited frame
     generator = torch.Generator(image.device).manual_seed(cfg.seed)
+    cond = image_conditions(svd, image, cfg, generator)
     pieces = []
-    for source, lora in zip(sources, loras):
-        progress(f"editing clip {source.clip + 1}/{len(sources)}")
-        if lora is not None:
-            load_lora_state_dict(svd.unet, lora)                   # this clip's motion LoRA
-        latents = edit_clip(svd, source, image, state, cfg, source_kv, edit_kv, masks, generator)
+    for k, (source, lora) in enumerate(zip(sources, loras)):
+        progress(f"editing clip {k + 1}/{len(sources)} (frames {clips[k].start}-"
+                 f"{clips[k].stop - 1})")
+        latents = edit_clip(svd, source, cond, state, cfg, edit_skip, masks, lora)
         frames = decode_latents(svd, latents, cfg.decode_chunk_size)[0]    # (F, 3, H, W)
-        pieces.append(frames if not pieces else frames[cfg.overlap:])
-        image = frames[-1:] * 2 - 1
+        # Frames shared with the clip before are written once, from the earlier clip.
+        pieces.append(frames if k == 0 else frames[clips[k - 1].stop - clips[k].start:])
+        if k + 1 < len(sources):
+            j = clips[k + 1].start - clips[k].start          # the next clip's first frame
+            cond = handover(svd, frames[j:j + 1] * 2 - 1, latents[:, j], cfg, generator)
+    if edit_skip is not None and edit_skip.mode is ClipZeroKV.RECOMPUTE:
+        progress(f"skip-interval: {edit_skip.extra_calls} extra U-Net calls to recompute clip "
+                 "0's K/V in the edit")
     return torch.cat(pieces)
 
 
@@ -299,9 +476,12 @@ def check_config(cfg: EditConfig) -> None:
         raise InputError("--edited-frame is required")
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
         raise InputError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype}")
-    if cfg.source_attention not in [m.value for m in SourceAttention]:
-        raise InputError(f"--source-attention must be recompute, memory or disk, "
-                         f"got {cfg.source_attention}")
+    for flag, value, kind in (("--source-attention", cfg.source_attention, SourceAttention),
+                              ("--skip-interval-kv", cfg.skip_interval_kv, ClipZeroKV),
+                              ("--chain", cfg.chain, Chain)):
+        if value not in [m.value for m in kind]:
+            raise InputError(f"{flag} must be one of {', '.join(m.value for m in kind)}, "
+                             f"got {value}")
     if not cfg.plain_i2v:
         if not cfg.video:
             raise InputError("--video is required (or --plain-i2v for image-to-video)")
@@ -359,16 +539,18 @@ def main(argv: list[str] | None = None) -> int:
 
     video = video.to(cfg.device)
     print(f"{len(video)} frames sampled at {cfg.sample_fps} fps -> {len(clips)} clip(s) of "
-          f"{cfg.num_frames} frames")
+          f"{cfg.num_frames} frames: " + ", ".join(f"{c.start}-{c.stop - 1}" for c in clips))
+    if clips[-1].stop < len(video):
+        print(f"frames {clips[-1].stop}-{len(video) - 1} are not edited (--max-clips "
+              f"{cfg.max_clips})")
     # Skip-interval K/V of clip 0's source pass; every later clip joins them.
-    source_kv = (MemoryStore(device="cpu") if len(clips) > 1 and not cfg.no_skip_interval
-                 else None)
+    skip = SkipInterval.for_video(cfg.skip_interval_kv, len(clips), not cfg.no_skip_interval)
 
     # --- Stage 2a: record the source (inversion of every clip, base model) -------------------
     # Before training: with skip-interval, clip k's LoRA trains against clip 0's source K/V.
     state = StepState()
     generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
-    sources = [record_source(svd, video[c], k, state, cfg, source_kv, generator,
+    sources = [record_source(svd, video[c], k, state, cfg, skip, generator,
                              run / "source_attention" / f"clip{k}")
                for k, c in enumerate(clips)]
 
@@ -378,15 +560,18 @@ def main(argv: list[str] | None = None) -> int:
         from train import TrainConfig, train_motion_lora
         (run / "lora").mkdir()
         tcfg = TrainConfig.from_edit(cfg)
-        loras = [train_motion_lora(svd, video[c], k, tcfg, source_kv,
+        loras = [train_motion_lora(svd, video[c], k, tcfg, skip,
                                    run / "lora" / f"clip{k}.safetensors", base_model_id(svd))
                  for k, c in enumerate(clips)]
+    if skip is not None and skip.mode is ClipZeroKV.RECOMPUTE:
+        print(f"skip-interval: {skip.extra_calls} extra U-Net calls to recompute clip 0's K/V "
+              "in the inversion and training")
 
     # --- Stage 2b: appearance refinement, one chain of clips per edited first frame ----------
     source_frames = (video[: clips[-1].stop] / 2 + 0.5).clamp(0, 1)
     for name, image in zip(names, images):
         masks = MemoryStore(device="cpu") if cfg.save_masks else None
-        frames = edit_video(svd, sources, image.to(cfg.device), loras, cfg, source_kv, masks)
+        frames = edit_video(svd, sources, image.to(cfg.device), loras, cfg, skip, masks, clips)
         write_video_outputs(run, name, frames, cfg.sample_fps)
         write_video_outputs(run, f"{name}_side_by_side", torch.cat([source_frames, frames], -1),
                             cfg.sample_fps)

@@ -34,9 +34,9 @@ import safetensors.torch
 import torch
 from tqdm import tqdm
 
-from attention import Branch, MemoryStore, SkipIntervalKV, StepState, attention_layers, installed
+from attention import Branch, SkipIntervalKV, StepState, attention_layers, installed
 from edm import edm_loss_weight, inversion_sigmas, karras_sigmas, sample_training_sigmas
-from edit import EditConfig, record_source
+from edit import EditConfig, SkipInterval, record_source
 from lora import (LoRAError, add_lora, export_single_file, is_temporal_transformer_linear,
                   load_lora_state_dict, lora_layers, lora_parameters, lora_state_dict, remove_lora,
                   save_lora)
@@ -61,7 +61,7 @@ class TrainConfig:
     start_t: float = knob(0.0, "first second of the video used")
     end_t: float = knob(0.0, "last second used; 0 = to the end")
     num_frames: int = knob(14, "frames per clip F", minimum=1)
-    overlap: int = knob(1, "frames shared by consecutive clips", minimum=0)
+    overlap: int = knob(1, "frames shared by consecutive clips", minimum=1)
     max_clips: int = knob(0, "train at most this many clips; 0 = all", minimum=0)
     height: int = knob(576, "training height (the reference trains at 512, edits at 576)")
     width: int = knob(1024, "training width (reference 896)")
@@ -80,6 +80,8 @@ class TrainConfig:
     steps_inversion: int = knob(25, "N of the schedule on which clip 0's K/V are recorded",
                                  minimum=1)
     no_skip_interval: bool = knob(False, "later clips do not attend to clip 0 while training")
+    skip_interval_kv: str = knob("recompute", "recompute | memory: clip 0's K/V rerun per step "
+                                              "(one forward more per step) or all kept")
     # runtime
     checkpoint_every: int = knob(50, "write a resumable checkpoint every this many steps",
                                   minimum=1)
@@ -98,7 +100,8 @@ class TrainConfig:
                    no_gradient_checkpointing=cfg.no_gradient_checkpointing,
                    motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
                    seed=cfg.seed, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
-                   sample_fps=cfg.sample_fps, steps_inversion=cfg.steps)
+                   sample_fps=cfg.sample_fps, steps_inversion=cfg.steps,
+                   skip_interval_kv=cfg.skip_interval_kv, overlap=cfg.overlap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,13 +169,16 @@ def nearest_step(sigma: torch.Tensor, sigmas_inv: torch.Tensor) -> int:
 
 
 def train_motion_lora(svd: SVD, frames: torch.Tensor, clip: int, cfg: TrainConfig,
-                      source_kv=None, out_path: Path | None = None, base_model: str = "",
+                      skip: SkipInterval | None = None, out_path: Path | None = None,
+                      base_model: str = "",
                       resume: bool = False, progress: bool = True) -> dict[str, torch.Tensor]:
     """frames (F, 3, H, W) in [-1, 1] of clip `clip` -> its LoRA state dict (peft naming).
 
     Adds fresh adapters (replacing any), trains them, writes `out_path` (+ a checkpoint beside
     it every cfg.checkpoint_every steps; with `resume`, continues from that checkpoint).
-    `source_kv` holds clip 0's source K/V; given and clip > 0, temporal self-attention joins them.
+    `skip` gives clip 0's source K/V (edit.SkipInterval, from the inversion); given and clip > 0,
+    temporal self-attention joins them (rerunning clip 0's source pass of the step if the store
+    keeps one step only).
     """
     unet, device = svd.unet, frames.device
     unet.requires_grad_(False)
@@ -198,8 +204,8 @@ def train_motion_lora(svd: SVD, frames: torch.Tensor, clip: int, cfg: TrainConfi
 
     state = StepState(clip=clip, branch=Branch.SOURCE)
     procs = {}
-    if source_kv is not None and clip > 0:
-        procs = {name: SkipIntervalKV(source_kv, state) for name, layer in
+    if skip is not None and clip > 0:
+        procs = {name: SkipIntervalKV(skip.kv, state) for name, layer in
                  attention_layers(unet).items() if layer.temporal and layer.self_attention}
     sigmas_inv = inversion_sigmas(karras_sigmas(cfg.steps_inversion))
 
@@ -223,6 +229,8 @@ def train_motion_lora(svd: SVD, frames: torch.Tensor, clip: int, cfg: TrainConfi
                     (first + cfg.noise_aug_strength * aug).to(vae_dtype)).float()
             step_cond = Conditions(cond.context, image_latent, cond.added_ids)
             state.step = nearest_step(sigma, sigmas_inv)   # the only writer of the step state
+            if procs:
+                skip.refill(clip, state.step)              # clip 0's K/V of that step
             optimizer.zero_grad(set_to_none=True)
             # Backward inside the block too: gradient checkpointing reruns the attention there.
             with installed(unet, procs):
@@ -299,22 +307,22 @@ def main(argv: list[str] | None = None) -> int:
     video = video.to(cfg.device)
     base = base_model_id(svd)
 
-    source_kv = None
-    if len(clips) > 1 and not cfg.no_skip_interval:
-        # Clip 0's source K/V on the editing schedule, as edit.py records them.
-        source_kv = MemoryStore()
+    skip = SkipInterval.for_video(cfg.skip_interval_kv, len(clips), not cfg.no_skip_interval)
+    if skip is not None:
+        # Clip 0's source inversion on the editing schedule, as edit.py records it: its K/V
+        # (MEMORY) or its trajectory, to rerun its source pass of any step (RECOMPUTE).
         edit_cfg = EditConfig(steps=cfg.steps_inversion, fps=cfg.fps, seed=cfg.seed,
                               motion_bucket_id=cfg.motion_bucket_id,
                               noise_aug_strength=cfg.noise_aug_strength)
         generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
-        record_source(svd, video[clips[0]], 0, StepState(), edit_cfg, source_kv, generator)
+        record_source(svd, video[clips[0]], 0, StepState(), edit_cfg, skip, generator)
 
     for k, c in enumerate(clips):
         out = run / "lora" / f"clip{k}.safetensors"
         if out.is_file() and cfg.resume:
             print(f"clip {k}: {out} exists, skipped")
             continue
-        train_motion_lora(svd, video[c], k, cfg, source_kv, out, base, resume=bool(cfg.resume))
+        train_motion_lora(svd, video[c], k, cfg, skip, out, base, resume=bool(cfg.resume))
         print(f"wrote {out}")
     return 0
 

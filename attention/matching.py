@@ -77,8 +77,9 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.softmax((q.float() @ k.float().transpose(-1, -2)) * scale, dim=-1)
 
 
-def _source_key(state: StepState, name: str, what: str) -> Key:
-    return Key(state.clip, state.step, Branch.SOURCE, name, what)
+def _source_key(state: StepState, attn, what: str) -> Key:
+    """The source record of this layer, step and chunk (`attn.part`, see attention/store.py)."""
+    return Key(state.clip, state.step, Branch.SOURCE, attn.name, what, attn.part)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,10 +98,10 @@ class RecordSourceAttention:
 
     def __call__(self, attn, q, k, v):
         if self.layer.temporal:
-            self.store.put(_source_key(self.state, attn.name, "probs"), attention_probs(q, k))
+            self.store.put(_source_key(self.state, attn, "probs"), attention_probs(q, k))
         else:
-            self.store.put(_source_key(self.state, attn.name, "q"), q)
-            self.store.put(_source_key(self.state, attn.name, "k"), k)
+            self.store.put(_source_key(self.state, attn, "q"), q)
+            self.store.put(_source_key(self.state, attn, "k"), k)
         return F.scaled_dot_product_attention(q, k, v)
 
 
@@ -151,11 +152,13 @@ class SpatialAttentionMatching:
         self.mask_threshold, self.query_chunk, self.masks = mask_threshold, query_chunk, masks
 
     def __call__(self, attn, q, k, v):
-        q0 = self.store.get(_source_key(self.state, attn.name, "q")).to(q.device)
-        k0 = self.store.get(_source_key(self.state, attn.name, "k")).to(q.device)
+        q0 = self.store.get(_source_key(self.state, attn, "q")).to(q.device)
+        k0 = self.store.get(_source_key(self.state, attn, "k")).to(q.device)
         out, masks = torch.empty_like(q), []
         for i in range(q.shape[0]):                                 # frames of all videos
-            tau = frame_threshold(i % self.num_frames, self.num_frames, self.mask_threshold)
+            # The frame within its clip: rows of a chunked call start at attn.part.
+            frame = (attn.part + i) % self.num_frames
+            tau = frame_threshold(frame, self.num_frames, self.mask_threshold)
             frame_mask = []
             for start in range(0, q.shape[2], self.query_chunk):
                 rows = slice(start, start + self.query_chunk)
@@ -167,8 +170,8 @@ class SpatialAttentionMatching:
                 frame_mask.append(m)
             masks.append(torch.cat(frame_mask))
         if self.masks is not None:
-            self.masks.put(Key(self.state.clip, self.state.step, Branch.COND, attn.name, "mask"),
-                           torch.stack(masks))                      # (B*F, S)
+            self.masks.put(Key(self.state.clip, self.state.step, Branch.COND, attn.name, "mask",
+                               attn.part), torch.stack(masks))     # (rows of B*F, S)
         return out
 
 
@@ -177,12 +180,16 @@ def mask_pictures(masks, height: int, width: int) -> dict[tuple[int, int], torch
     {(clip, step): (H, F*W) in [0, 1]}, the frames side by side (1 = the edit's own attention,
     0 = the source's), averaged over the spatial layers after resizing each layer's token grid
     to height x width."""
+    layers: dict[tuple[int, int, str], list[torch.Tensor]] = {}
+    for key in sorted(masks.tensors, key=lambda k: (k.clip, k.step, k.name, k.part)):
+        layers.setdefault((key.clip, key.step, key.name), []).append(masks.tensors[key])
     by_step: dict[tuple[int, int], list[torch.Tensor]] = {}
-    for key, m in masks.tensors.items():                             # m (F, S) of one layer
+    for (clip, step, _), parts in layers.items():
+        m = torch.cat(parts)                                         # (F, S): chunks joined
         scale = round((height * width / m.shape[1]) ** 0.5)
         grid = m.float().reshape(-1, 1, height // scale, width // scale)
         grid = F.interpolate(grid, size=(height, width), mode="nearest")[:, 0]   # (F, H, W)
-        by_step.setdefault((key.clip, key.step), []).append(grid)
+        by_step.setdefault((clip, step), []).append(grid)
     return {key: torch.cat(list(torch.stack(grids).mean(0)), dim=1).clamp(0, 1)
             for key, grids in sorted(by_step.items())}
 
@@ -207,5 +214,5 @@ class TemporalAttentionInjection:
                              self.beta2, self.coarse_up)
         if use is Use.OWN:
             return F.scaled_dot_product_attention(q, k, v)
-        p_source = self.store.get(_source_key(self.state, attn.name, "probs")).to(v.device)
+        p_source = self.store.get(_source_key(self.state, attn, "probs")).to(v.device)
         return p_source.to(v.dtype) @ v                             # (B*S, h, F, d)

@@ -36,16 +36,16 @@ class SkipIntervalKV:
     def __init__(self, store, state: StepState, inner=plain_attention):
         self.store, self.state, self.inner = store, state, inner
 
-    def _key(self, name: str, what: str) -> Key:
-        return Key(0, self.state.step, self.state.branch, name, what)
+    def _key(self, attn, what: str) -> Key:
+        return Key(0, self.state.step, self.state.branch, attn.name, what, attn.part)
 
     def __call__(self, attn, q, k, v):
         if self.state.clip == 0:
-            self.store.put(self._key(attn.name, "k"), k)
-            self.store.put(self._key(attn.name, "v"), v)
+            self.store.put(self._key(attn, "k"), k)
+            self.store.put(self._key(attn, "v"), v)
         else:
-            k0 = self.store.get(self._key(attn.name, "k")).to(k)
-            v0 = self.store.get(self._key(attn.name, "v")).to(v)
+            k0 = self.store.get(self._key(attn, "k")).to(k)
+            v0 = self.store.get(self._key(attn, "v")).to(v)
             k = torch.cat([k0, k], dim=2)                           # (B*S, h, F0 + F, d)
             v = torch.cat([v0, v], dim=2)
         return self.inner(attn, q, k, v)

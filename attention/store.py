@@ -1,7 +1,10 @@
 """Where recorded attention tensors live, keyed by what they are, never by call order.
 
-A key is (clip, step, branch, layer name, what), e.g. (0, 12, Branch.SOURCE,
-"down_blocks.0.attentions.0.transformer_blocks.0.attn1", "q"). Two backends with one interface:
+A key is (clip, step, branch, layer name, what, part), e.g. (0, 12, Branch.SOURCE,
+"down_blocks.0.attentions.0.transformer_blocks.0.attn1", "q", 0). `part` is the first row of the
+call on the batch axis the U-Net chunks (frames for spatial layers, pixels for temporal ones;
+0 when the U-Net runs unchunked, `UNet.chunk_size`), so the pieces of one chunked pass are kept
+apart and a pass chunked alike reads back exactly its own piece. Two backends with one interface:
 
 - `MemoryStore`: a dict; tensors may be moved to another device (CPU) and dtype to save room.
 - `DiskStore`: one safetensors file per key under a folder, written atomically; for records too
@@ -30,6 +33,7 @@ class Key(NamedTuple):
     branch: Branch
     name: str       # the layer's dotted name
     what: str       # "q", "k", "v", "probs": what the processor recorded
+    part: int = 0   # first batch row of a chunked call (the layer's `attn.part`)
 
 
 class MemoryStore:
@@ -59,7 +63,7 @@ class MemoryStore:
 
 
 class DiskStore:
-    """Records as files `<root>/clip<c>/step<s>/<branch>/<name>.<what>.safetensors`.
+    """Records as files `<root>/clip<c>/step<s>/<branch>/<name>.<what>.part<p>.safetensors`.
 
     `get` loads to `device` (CPU by default). Files are written through a temporary name and
     renamed, so an interrupted run never leaves a half tensor behind."""
@@ -70,7 +74,7 @@ class DiskStore:
 
     def _path(self, key: Key) -> Path:
         return (self.root / f"clip{key.clip}" / f"step{key.step:03d}" / key.branch.value
-                / f"{key.name}.{key.what}.safetensors")
+                / f"{key.name}.{key.what}.part{key.part}.safetensors")
 
     def put(self, key: Key, tensor: torch.Tensor) -> None:
         path = self._path(key)

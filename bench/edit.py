@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
-from edit import EditConfig, edit_clip, record_source  # noqa: E402
+from edit import EditConfig, edit_clip, image_conditions, record_source  # noqa: E402
 from lora import add_lora, is_temporal_transformer_linear  # noqa: E402
 from svd.clip import CLIPVisionEncoder  # noqa: E402
 from svd.config import SVDConfig  # noqa: E402
@@ -67,8 +67,8 @@ def main():
         if device == "cuda":
             torch.cuda.synchronize()
         inverted = time.perf_counter()
-        latents = edit_clip(svd, source, edited, state, cfg,
-                            generator=torch.Generator(device).manual_seed(1))
+        latents = edit_clip(svd, source, image_conditions(
+                            svd, edited, cfg, torch.Generator(device).manual_seed(1)), state, cfg)
         decode_latents(svd, latents, chunk_size=frames_n)
         if device == "cuda":
             torch.cuda.synchronize()

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
-from edit import EditConfig, edit_clip, record_source  # noqa: E402
+from edit import EditConfig, edit_clip, image_conditions, record_source  # noqa: E402
 from edm import karras_sigmas, sample_euler  # noqa: E402
 from lora import load_lora_state_dict, lora_scale, set_lora_scale  # noqa: E402
 from svd.conditioning import encode_conditions  # noqa: E402
@@ -94,8 +94,8 @@ def reconstruct(svd, video: torch.Tensor, bucket: int, args) -> dict[str, tuple[
         source = record_source(svd, video, 0, state, vcfg, None,
                                torch.Generator().manual_seed(vcfg.seed))
         load_lora_state_dict(svd.unet, lora)
-        out = edit_clip(svd, source, video[:1], state, vcfg,
-                        generator=torch.Generator().manual_seed(vcfg.seed))
+        out = edit_clip(svd, source, image_conditions(
+                        svd, video[:1], vcfg, torch.Generator().manual_seed(vcfg.seed)), state, vcfg)
         report(name, out)
     return results
 

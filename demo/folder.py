@@ -28,7 +28,7 @@ def diffusers_configs(cfg: SVDConfig) -> dict[str, dict]:
                  "addition_time_embed_dim": u.addition_time_embed_dim,
                  "projection_class_embeddings_input_dim": u.num_added_ids * u.addition_time_embed_dim,
                  "transformer_layers_per_block": 1, "num_frames": u.num_frames,
-                 "sample_size": world.SIZE // v.downsample_factor},
+                 "sample_size": u.sample_size},
         "vae": {"_class_name": "AutoencoderKLTemporalDecoder", "in_channels": v.in_channels,
                 "out_channels": v.out_channels, "latent_channels": v.latent_channels,
                 "down_block_types": ["DownEncoderBlock2D"] * len(v.block_out_channels),

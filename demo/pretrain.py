@@ -71,10 +71,11 @@ def demo_config() -> SVDConfig:
     # three channels per group they can be carried (e.g. a channel, its negative and a constant
     # share one mean), hence 96 there. (Keeping all three colour levels also needs the VAE's
     # blocks to start as the identity: start_as_identity.)
+    vae = VAEConfig(block_out_channels=(96, 96, 96), layers_per_block=1)   # downsample 4
     unet = UNetConfig(block_out_channels=(96, 64, 64, 64), num_attention_heads=(6, 4, 4, 4),
                       cross_attention_dim=32, addition_time_embed_dim=32,
-                      num_frames=world.NUM_FRAMES)                   # head dim 16
-    vae = VAEConfig(block_out_channels=(96, 96, 96), layers_per_block=1)   # downsample 4
+                      num_frames=world.NUM_FRAMES,                   # head dim 16
+                      sample_size=world.SIZE // vae.downsample_factor)   # trained on 64 x 64
     return SVDConfig(unet=unet, vae=vae, clip=CLIPConfig.tiny())
 
 

@@ -22,6 +22,7 @@ class UNetConfig:
     addition_time_embed_dim: int = 256                   # sinusoid size of each added time id
     num_added_ids: int = 3                               # fps - 1, motion bucket, noise augmentation
     num_frames: int = 14                                 # pipeline default only; the net takes any F
+    sample_size: int = 96                                # latent side it was trained at (768^2 pixels)
 
     @property
     def time_embed_dim(self) -> int:

@@ -71,12 +71,18 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
         self.processor = sdpa   # the one hook point: (attn, q, k, v) -> (B, h, Nq, d)
         self.name = ""          # dotted module path, set by the owning model
+        self.part = 0           # first batch row of this call when the caller chunks the batch
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         return x.reshape(B, N, self.heads, C // self.heads).transpose(1, 2)  # (B, h, N, d)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, part: int = 0
+                ) -> torch.Tensor:
+        """x (B, N, C) -> (B, N, C). `part`: where x's rows start in the whole batch when the
+        caller runs the batch in chunks (the U-Net's chunk_size); processors that record or
+        read per-row data key it by `attn.part`, so chunked and unchunked passes agree."""
+        self.part = part
         context = x if context is None else context
         q = self.split_heads(self.to_q(x))        # (B, h, N, d)
         k = self.split_heads(self.to_k(context))  # (B, h, Nk, d)

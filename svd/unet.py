@@ -46,8 +46,8 @@ class SpatialBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
+    def forward(self, x: torch.Tensor, context: torch.Tensor, part: int = 0) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), part=part)        # part: first frame of this chunk
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -70,17 +70,24 @@ class TemporalBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, num_frames: int, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, context: torch.Tensor, part: int = 0
+                ) -> torch.Tensor:
+        """part: the first pixel of this chunk (x holds pixels part .. part + S - 1)."""
         BF, S, C = x.shape
         B = BF // num_frames
         x = x.reshape(B, num_frames, S, C).transpose(1, 2).reshape(B * S, num_frames, C)
         # (B*F, S, C) -> (B*S, F, C): each pixel's sequence runs over the frames
         context = context[:, None].expand(B, S, *context.shape[1:]).flatten(0, 1)  # (B*S, 1, C_ctx)
         x = x + self.ff_in(self.norm_in(x))
-        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn1(self.norm1(x), part=part)
         x = x + self.attn2(self.norm2(x), context)
         x = x + self.ff(self.norm3(x))
         return x.reshape(B, S, num_frames, C).transpose(1, 2).reshape(BF, S, C)  # (B*F, S, C)
+
+
+def _starts(n: int, pieces: int) -> list[int]:
+    """First index of each of torch.tensor_split(range(n), pieces)'s pieces."""
+    return [int(c[0]) if len(c) else n for c in torch.arange(n).tensor_split(pieces)]
 
 
 class VideoTransformer(nn.Module):
@@ -118,10 +125,13 @@ class VideoTransformer(nn.Module):
         pieces = 1 if chunk_size is None else -(-BF // chunk_size)
         for spatial_block, temporal_block in zip(self.transformer_blocks,
                                                  self.temporal_transformer_blocks):
-            h = torch.cat([spatial_block(hc, cc) for hc, cc in
-                           zip(h.tensor_split(pieces), context.tensor_split(pieces))])
-            h_temporal = torch.cat([temporal_block(hc, num_frames, first) for hc in
-                                    (h + pos).tensor_split(pieces, dim=1)], dim=1)
+            # Each chunk tells its attention where its rows start (frames, then pixels).
+            h = torch.cat([spatial_block(hc, cc, part) for hc, cc, part in
+                           zip(h.tensor_split(pieces), context.tensor_split(pieces),
+                               _starts(BF, pieces))])
+            h_temporal = torch.cat([temporal_block(hc, num_frames, first, part) for hc, part in
+                                    zip((h + pos).tensor_split(pieces, dim=1),
+                                        _starts(H * W, pieces))], dim=1)
             h = self.time_mixer(spatial=h, temporal=h_temporal)
 
         h = self.proj_out(h)

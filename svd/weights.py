@@ -60,6 +60,12 @@ class SVD:
         levels = len(self.config.unet.block_out_channels)
         return self.config.vae.downsample_factor * 2 ** (levels - 1)
 
+    @property
+    def native_area(self) -> int:
+        """Pixels per frame the U-Net was trained at: (sample_size x VAE downsampling)^2, 768^2 =
+        576 x 1024 for SVD. A working size of about this area keeps the model in distribution."""
+        return (self.config.unet.sample_size * self.config.vae.downsample_factor) ** 2
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading safetensors safely
@@ -162,7 +168,7 @@ def unet_config_from_diffusers(cfg: dict) -> UNetConfig:
         num_attention_heads=tuple(heads) if isinstance(heads, list) else (heads,) * len(down),
         layers_per_block=cfg["layers_per_block"], cross_attention_dim=cfg["cross_attention_dim"],
         addition_time_embed_dim=cfg["addition_time_embed_dim"], num_added_ids=ids,
-        num_frames=cfg.get("num_frames", 14))
+        num_frames=cfg.get("num_frames", 14), sample_size=cfg.get("sample_size", 96))
 
 
 def vae_config_from_diffusers(cfg: dict) -> VAEConfig:

@@ -48,7 +48,7 @@ def save_oracle_folder(root: Path, cfg, seed: int = 0) -> dict:
     up = tuple("CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal"
                for a in reversed(u.attention_levels))
     unet = UNetSpatioTemporalConditionModel(
-        sample_size=16, in_channels=u.in_channels, out_channels=u.out_channels,
+        sample_size=u.sample_size, in_channels=u.in_channels, out_channels=u.out_channels,
         down_block_types=down, up_block_types=up, block_out_channels=u.block_out_channels,
         addition_time_embed_dim=u.addition_time_embed_dim,
         projection_class_embeddings_input_dim=3 * u.addition_time_embed_dim,

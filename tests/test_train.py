@@ -1,15 +1,17 @@
 """Motion-LoRA training on tiny random weights (CPU, fp32): it learns, it resumes bit for bit,
 its checkpoints are atomic, later clips train against clip 0's K/V."""
 
+import json
+
 import pytest
 import safetensors.torch
 import torch
 
 import train
 from attention import MemoryStore, StepState
-from edit import EditConfig, record_source
+from edit import ClipZeroKV, EditConfig, SkipInterval, record_source
 from edm import edm_loss_weight, karras_sigmas, sample_euler
-from lora import set_lora_scale
+from lora import read_lora_metadata, set_lora_scale
 from svd.conditioning import encode_conditions
 from svd.config import SVDConfig
 from svd.latents import encode_video
@@ -131,15 +133,47 @@ def test_failed_checkpoint_write_keeps_the_previous_one(svd, tmp_path, monkeypat
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_later_clips_train_against_clip_zero_kv(svd):
+def test_later_clips_train_against_clip_zero_kv_kept_or_recomputed(svd):
     frames = moving_square(3)
     cfg = EditConfig(steps=4)
-    source_kv = MemoryStore()
-    record_source(svd, frames, 0, StepState(), cfg, source_kv, torch.Generator().manual_seed(0))
-    tcfg = TrainConfig(steps=2, rank=2, steps_inversion=4)
-    train_motion_lora(svd, frames.flip(-1), 1, tcfg, source_kv, progress=False)
+    tcfg = TrainConfig(steps=3, rank=2, steps_inversion=4)
+    weights = {}
+    for mode in (ClipZeroKV.MEMORY, ClipZeroKV.RECOMPUTE):
+        skip = SkipInterval.for_video(mode.value, 2)
+        record_source(svd, frames, 0, StepState(), cfg, skip, torch.Generator().manual_seed(0))
+        weights[mode] = train_motion_lora(svd, frames.flip(-1), 1, tcfg, skip, progress=False)
+    # rerunning clip 0's source pass of each drawn step gives the kept K/V (one call a step)
+    assert skip.mode is ClipZeroKV.RECOMPUTE and skip.extra_calls == tcfg.steps
+    assert len(skip.kv.tensors) == 2 * 6                      # one step: (k, v) x layers
+    for name, w in weights[ClipZeroKV.MEMORY].items():
+        torch.testing.assert_close(weights[ClipZeroKV.RECOMPUTE][name], w, rtol=0, atol=1e-6)
+    alone = train_motion_lora(svd, frames.flip(-1), 1, tcfg, None, progress=False)
+    assert any((alone[n] - w).abs().max() > 1e-4 for n, w in weights[ClipZeroKV.MEMORY].items())
     with pytest.raises(KeyError):                                 # it does read the store
-        train_motion_lora(svd, frames.flip(-1), 1, tcfg, MemoryStore(), progress=False)
+        train_motion_lora(svd, frames.flip(-1), 1, tcfg,
+                          SkipInterval(ClipZeroKV.MEMORY, MemoryStore()), progress=False)
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_chunked_unet_gives_a_later_clip_the_same_training_loss(svd, chunk, tmp_path):
+    """The loss of a later clip's first training step (its forward joins clip 0's K/V, rerun
+    per step) is the same chunked. (Compared before any update: AdamW's first step is about
+    lr * sign(gradient), which turns rounding in near-zero gradients into lr-sized changes.)"""
+    frames = moving_square(3)
+    losses = []
+    for chunk_size in (None, chunk):
+        svd.unet.chunk_size = chunk_size
+        try:
+            skip = SkipInterval.for_video("recompute", 2)
+            record_source(svd, frames, 0, StepState(), EditConfig(steps=4), skip,
+                          torch.Generator().manual_seed(0))
+            out = tmp_path / f"chunk{chunk_size}.safetensors"
+            train_motion_lora(svd, frames.flip(-1), 1, TrainConfig(steps=1, rank=2,
+                              steps_inversion=4), skip, out, progress=False)
+            losses.append(json.loads(read_lora_metadata(out)["losses_first_last"])[0])
+        finally:
+            svd.unet.chunk_size = None
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6, abs=0)
 
 
 def test_nearest_step():
