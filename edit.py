@@ -45,8 +45,9 @@ from lora import (LoRAError, is_temporal_transformer_linear, load_lora_files,
 from svd.cli import build_parser, knob
 from svd.conditioning import Conditions, encode_conditions, zero_conditions
 from svd.latents import decode_latents, encode_video
-from svd.media import (InputError, atomic_write, check_frame_size, check_resolution, load_image,
-                       load_video, make_run_dir, save_png, split_clips, write_video_outputs)
+from svd.media import (Fit, InputError, atomic_write, check_aspect, check_resolution, image_size,
+                       load_image, load_video, make_run_dir, probe_video, resolve_size, save_png,
+                       split_clips, write_video_outputs)
 from svd.sampling import frame_guidance, generate_video, v_denoise
 from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
 
@@ -79,8 +80,12 @@ class EditConfig:
     overlap: int = knob(1, "frames shared by consecutive clips (the next clip starts at the "
                            "first shared one, conditioned on its edit)", minimum=1)
     max_clips: int = knob(0, "edit at most this many clips; 0 = all", minimum=0)
-    height: int = knob(576, "working height (latent must divide by the U-Net's 2^levels)")
-    width: int = knob(1024, "working width")
+    height: int = knob(0, "working height; 0 = from the video's aspect ratio at the model's "
+                          "own area (SVD: 576x1024 for 16:9); sides multiples of 64 for SVD",
+                       minimum=0)
+    width: int = knob(0, "working width; 0 = as --height says", minimum=0)
+    fit: str = knob("crop", "crop | pad: a video whose aspect differs from --height/--width is "
+                            "cropped (centre) or padded (black bars)")
     # sampling (i2vedit.md §4)
     steps: int = knob(25, "Euler steps N over the Karras sigmas, inversion and editing",
                        minimum=1)
@@ -478,7 +483,7 @@ def check_config(cfg: EditConfig) -> None:
         raise InputError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype}")
     for flag, value, kind in (("--source-attention", cfg.source_attention, SourceAttention),
                               ("--skip-interval-kv", cfg.skip_interval_kv, ClipZeroKV),
-                              ("--chain", cfg.chain, Chain)):
+                              ("--chain", cfg.chain, Chain), ("--fit", cfg.fit, Fit)):
         if value not in [m.value for m in kind]:
             raise InputError(f"{flag} must be one of {', '.join(m.value for m in kind)}, "
                              f"got {value}")
@@ -487,6 +492,9 @@ def check_config(cfg: EditConfig) -> None:
             raise InputError("--video is required (or --plain-i2v for image-to-video)")
         if bool(cfg.lora) == cfg.train:
             raise InputError("pass either --lora (one file per clip) or --train")
+        if cfg.overlap >= cfg.num_frames:
+            raise InputError(f"--overlap must be below --num-frames ({cfg.num_frames}): clips "
+                             f"share 1 to {cfg.num_frames - 1} frames, got {cfg.overlap}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,20 +505,27 @@ def main(argv: list[str] | None = None) -> int:
         from demo.run import run_demo
         return run_demo(main)
     cfg = parse_config(argv)
-    size = (cfg.width, cfg.height)
     try:
         check_config(cfg)
-        if not cfg.plain_i2v:
-            video, video_size = load_video(cfg.video, cfg.sample_fps, cfg.start_t, cfg.end_t,
-                                           cfg.height, cfg.width)
-            clips = split_clips(len(video), cfg.num_frames, cfg.overlap, cfg.max_clips)
-            for path in cfg.edited_frame:
-                load_image(path, cfg.height, cfg.width)          # readable at all?
-                check_frame_size(path, video_size, size)
-        images = [load_image(p, cfg.height, cfg.width) for p in cfg.edited_frame]
+        # Everything a user can get wrong is checked before anything is written: the inputs
+        # first (cheap), then the weights, the working size they allow, the clips.
+        if cfg.plain_i2v:
+            input_size = image_size(cfg.edited_frame[0])
+        else:
+            input_size = probe_video(cfg.video)
+        for path in cfg.edited_frame:
+            check_aspect(path, input_size)
         cfg.weights = find_weights(cfg.weights)
         svd = load_svd(cfg.weights, getattr(torch, cfg.dtype), cfg.device)
+        cfg.height, cfg.width = resolve_size(cfg.height, cfg.width, input_size, svd.native_area,
+                                             svd.pixel_multiple)
         check_resolution(cfg.height, cfg.width, svd.pixel_multiple)
+        fit = Fit(cfg.fit)
+        if not cfg.plain_i2v:
+            video, _ = load_video(cfg.video, cfg.sample_fps, cfg.start_t, cfg.end_t,
+                                  cfg.height, cfg.width, fit)
+            clips = split_clips(len(video), cfg.num_frames, cfg.overlap, cfg.max_clips)
+        images = [load_image(p, cfg.height, cfg.width, fit) for p in cfg.edited_frame]
         loras = [None] * (0 if cfg.plain_i2v else len(clips))
         if cfg.lora:
             if len(cfg.lora) != len(clips):
@@ -538,8 +553,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     video = video.to(cfg.device)
-    print(f"{len(video)} frames sampled at {cfg.sample_fps} fps -> {len(clips)} clip(s) of "
-          f"{cfg.num_frames} frames: " + ", ".join(f"{c.start}-{c.stop - 1}" for c in clips))
+    print(f"{input_size[0]}x{input_size[1]} video, worked at {cfg.width}x{cfg.height} "
+          f"({cfg.fit}); {len(video)} frames sampled at {cfg.sample_fps} fps -> {len(clips)} "
+          f"clip(s) of {cfg.num_frames} frames: " + ", ".join(f"{c.start}-{c.stop - 1}" for c in clips))
     if clips[-1].stop < len(video):
         print(f"frames {clips[-1].stop}-{len(video) - 1} are not edited (--max-clips "
               f"{cfg.max_clips})")

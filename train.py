@@ -43,8 +43,8 @@ from lora import (LoRAError, add_lora, export_single_file, is_temporal_transform
 from svd.cli import build_parser, knob
 from svd.conditioning import Conditions, encode_conditions
 from svd.latents import encode_video
-from svd.media import (InputError, atomic_write, check_resolution, load_video, make_run_dir,
-                       split_clips)
+from svd.media import (Fit, InputError, atomic_write, check_resolution, load_video, make_run_dir,
+                       probe_video, resolve_size, split_clips)
 from svd.sampling import v_denoise
 from svd.single_file import unet_transformer_path_to_sgm
 from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
@@ -63,8 +63,11 @@ class TrainConfig:
     num_frames: int = knob(14, "frames per clip F", minimum=1)
     overlap: int = knob(1, "frames shared by consecutive clips", minimum=1)
     max_clips: int = knob(0, "train at most this many clips; 0 = all", minimum=0)
-    height: int = knob(576, "training height (the reference trains at 512, edits at 576)")
-    width: int = knob(1024, "training width (reference 896)")
+    height: int = knob(0, "training height; 0 = as edit.py: the video's aspect ratio at the "
+                          "model's own area (the reference trains at 512x896, edits at 576x1024)",
+                       minimum=0)
+    width: int = knob(0, "training width; 0 = as --height says", minimum=0)
+    fit: str = knob("crop", "crop | pad: how frames of another aspect ratio are brought to size")
     # the adapter and its optimiser (i2vedit.md §2)
     rank: int = knob(32, "LoRA rank r", minimum=1)
     dropout: float = knob(0.1, "dropout on the adapter input (reference: 0.1, after lora_up)")
@@ -101,7 +104,7 @@ class TrainConfig:
                    motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
                    seed=cfg.seed, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
                    sample_fps=cfg.sample_fps, steps_inversion=cfg.steps,
-                   skip_interval_kv=cfg.skip_interval_kv, overlap=cfg.overlap)
+                   skip_interval_kv=cfg.skip_interval_kv, overlap=cfg.overlap, fit=cfg.fit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,12 +295,21 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(argv)
         if not cfg.video:
             raise InputError("--video is required")
-        video, _ = load_video(cfg.video, cfg.sample_fps, cfg.start_t, cfg.end_t, cfg.height,
-                              cfg.width)
-        clips = split_clips(len(video), cfg.num_frames, cfg.overlap, cfg.max_clips)
+        if cfg.fit not in [m.value for m in Fit]:
+            raise InputError(f"--fit must be one of {', '.join(m.value for m in Fit)}, "
+                             f"got {cfg.fit}")
+        if cfg.overlap >= cfg.num_frames:
+            raise InputError(f"--overlap must be below --num-frames ({cfg.num_frames}), got "
+                             f"{cfg.overlap}")
+        video_size = probe_video(cfg.video)
         cfg.weights = find_weights(cfg.weights)
         svd = load_svd(cfg.weights, getattr(torch, cfg.dtype), cfg.device)
+        cfg.height, cfg.width = resolve_size(cfg.height, cfg.width, video_size, svd.native_area,
+                                             svd.pixel_multiple)
         check_resolution(cfg.height, cfg.width, svd.pixel_multiple)
+        video, _ = load_video(cfg.video, cfg.sample_fps, cfg.start_t, cfg.end_t, cfg.height,
+                              cfg.width, Fit(cfg.fit))
+        clips = split_clips(len(video), cfg.num_frames, cfg.overlap, cfg.max_clips)
     except (InputError, WeightsError, LoRAError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -193,13 +193,14 @@ def _coverage(o: MovingShape, t: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(0.5 - sdf, 0, 1), dx
 
 
-def render(s: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render(s: Scene, num_frames: int = NUM_FRAMES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scene -> (frames (F, H, W, 3) float32 in [0, 1], target mask (F, H, W) bool: where the
     target covers at least half a pixel, objects mask (F, H, W) bool: where any object covers
-    any of a pixel)."""
+    any of a pixel). F = num_frames (default one clip); the scene itself is placed for
+    NUM_FRAMES, so a straight mover may leave the frame in a longer render (`stays_inside`)."""
     background = _background(s)
     frames, masks, objects = [], [], []
-    for t in range(NUM_FRAMES):
+    for t in range(num_frames):
         frame = background.copy()
         covered = np.zeros((SIZE, SIZE), dtype=bool)
         for o in s.objects:
@@ -242,14 +243,24 @@ def edit(s: Scene, kind: EditKind) -> Scene:
     return replace(s, objects=s.objects[:-1] + (target,))
 
 
-def example(seed: int, kind: EditKind) -> dict:
+def stays_inside(s: Scene, num_frames: int) -> bool:
+    """Whether every object stays wholly inside the frame for `num_frames` frames: bouncing ones
+    always do; a straight mover's centre must stay in [radius, SIZE - radius] at every frame."""
+    return all(o.bounce or all(o.radius <= c <= SIZE - o.radius
+                               for t in range(num_frames) for c in o.centre(t))
+               for o in s.objects)
+
+
+def example(seed: int, kind: EditKind, num_frames: int = NUM_FRAMES) -> dict:
     """One evaluation case: the source video, the ground-truth edited video, the target's masks
     in both, the background (no object in either) and the target's colour after the edit
-    (frames (F, H, W, 3) float32 in [0, 1], masks (F, H, W) bool)."""
+    (frames (F, H, W, 3) float32 in [0, 1], masks (F, H, W) bool). num_frames: how many frames
+    of the same scene are rendered, source and ground truth alike (default one clip; for
+    longer videos pick scenes that `stays_inside` that many frames)."""
     source_scene = scene(seed)
     edited_scene = edit(source_scene, kind)
-    source, source_mask, source_objects = render(source_scene)
-    edited, edited_mask, edited_objects = render(edited_scene)
+    source, source_mask, source_objects = render(source_scene, num_frames)
+    edited, edited_mask, edited_objects = render(edited_scene, num_frames)
     return {"seed": seed, "kind": kind, "scene": source_scene, "source": source,
             "edited": edited, "source_mask": source_mask, "edited_mask": edited_mask,
             "background": ~(source_objects | edited_objects),

@@ -210,6 +210,25 @@ def working_size(video_size: tuple[int, int], area: int, multiple: int) -> tuple
     return min(candidates, key=cost)
 
 
+def resolve_size(height: int, width: int, frame_size: tuple[int, int], area: int,
+                 multiple: int) -> tuple[int, int]:
+    """The (height, width) a run works at: --height/--width when both are given; with both 0,
+    `working_size` of the input's (width, height) `frame_size` at the model's area; with one
+    of them 0, that side follows the input's aspect ratio (a multiple of `multiple`)."""
+    if height and width:
+        return height, width
+    if not height and not width:
+        return working_size(frame_size, area, multiple)
+    aspect = frame_size[0] / frame_size[1]
+    snap = lambda side: max(multiple, math.floor(side / multiple + 0.5) * multiple)  # noqa: E731
+    return (height, snap(height * aspect)) if height else (snap(width / aspect), width)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) of a picture, read from its header; one line if it is not a picture."""
+    return _open_image(path).size
+
+
 class _Decoded:
     """A decoded frame and, once a sample took it, its tensor at the working size."""
 
@@ -316,16 +335,6 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return pixels.permute(2, 0, 1)[None] * 2 - 1                             # (1, 3, H, W)
 
 
-def check_frame_size(path: str, video_size: tuple[int, int], working_size: tuple[int, int]):
-    """An edited first frame must have the source frame's size, or the working size."""
-    with Image.open(path) as im:
-        size = im.size
-    if size not in (video_size, working_size):
-        raise InputError(f"{path}: {size[0]}x{size[1]} pixels, but the video's frames are "
-                         f"{video_size[0]}x{video_size[1]} (working size "
-                         f"{working_size[0]}x{working_size[1]}); edit the video's first frame")
-
-
 ASPECT_TOLERANCE = 0.01          # relative: an edit saved at another size may round a side
 
 
@@ -333,7 +342,7 @@ def check_aspect(path: str, video_size: tuple[int, int]) -> None:
     """An edited frame may have any resolution but must have the video's (width, height)
     aspect ratio, within 1 % or one pixel of rounding (load_image then resizes it like the
     video's frames, so the edit lands where it was drawn)."""
-    (w, h), (vw, vh) = _open_image(path).size, video_size
+    (w, h), (vw, vh) = image_size(path), video_size
     one_pixel = abs(w - h * vw / vh) <= 1 or abs(h - w * vh / vw) <= 1
     if not (one_pixel or abs(math.log(w * vh / (h * vw))) <= ASPECT_TOLERANCE):
         raise InputError(f"{path}: {w}x{h} pixels (aspect {w / h:.3f}), but the video's frames "

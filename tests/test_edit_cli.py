@@ -177,6 +177,7 @@ def other_base_lora(path, weights_seed, tmp_path, cfg=None):
 
 @pytest.mark.parametrize("case", ["missing video", "corrupt video", "unreadable image",
                                   "frame of another size", "video shorter than a clip",
+                                  "overlap as long as a clip",
                                   "lora of another base", "lora of other shapes",
                                   "wrong number of loras"])
 def test_bad_edit_input_is_one_line(case, scene, weights, trained, tmp_path):
@@ -197,6 +198,8 @@ def test_bad_edit_input_is_one_line(case, scene, weights, trained, tmp_path):
         Image.new("RGB", (48, 32)).save(frame)
     elif case == "video shorter than a clip":
         extra = ["--num-frames", 6]
+    elif case == "overlap as long as a clip":
+        extra = ["--overlap", 3]
     elif case == "lora of another base":
         loras[1] = other_base_lora(tmp_path / "other.safetensors", 11, tmp_path)
     elif case == "lora of other shapes":
@@ -212,3 +215,25 @@ def test_bad_edit_input_is_one_line(case, scene, weights, trained, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert not (tmp_path / "runs").exists()               # nothing written on failure
+
+
+def test_a_portrait_video_keeps_its_aspect_and_every_sampled_frame(weights, tmp_path):
+    # 24 x 40 (portrait), 7 frames at 5 fps: with --width alone the height follows the video's
+    # aspect ratio (40 for 24 at a multiple of 4), and clips of 3 frames sharing 1 cover every
+    # frame (0-2, 2-4, 4-6).
+    frames = np.zeros((7, 40, 24, 3), np.uint8)
+    for t in range(7):
+        frames[t, 4 + 4 * t: 12 + 4 * t, 6:18] = (220, 40, 40)
+    save_video(frames, tmp_path / "portrait.mp4", fps=5)
+    Image.fromarray(frames[0]).resize((48, 80)).save(tmp_path / "edit.png")    # same aspect, 2x
+    out = tmp_path / "runs"
+    result = run("--video", tmp_path / "portrait.mp4", "--edited-frame", tmp_path / "edit.png",
+                 "--train", "--train-steps", 1, "--lora-rank", 2, "--weights", weights,
+                 "--out-dir", out, "--steps", 2, "--sample-fps", 5, "--num-frames", 3,
+                 "--width", 24, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = out.iterdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["width"], config["height"]) == (24, 40)      # the resolved size is recorded
+    pngs = sorted((run_dir / "edit_frames").glob("*.png"))
+    assert len(pngs) == 7 and Image.open(pngs[0]).size == (24, 40)

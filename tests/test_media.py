@@ -14,7 +14,7 @@ from PIL import Image
 from svd import media
 from svd.config import CLIPConfig, SVDConfig
 from svd.media import (Fit, InputError, check_aspect, fit_image, load_image, load_video,
-                       pil_to_tensor, probe_video, working_size)
+                       pil_to_tensor, probe_video, resolve_size, working_size)
 from svd.weights import SVD, unet_config_from_diffusers, vae_config_from_diffusers
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "demo" / "weights"
@@ -309,3 +309,11 @@ def test_check_aspect(tmp_path, size, ok):
 
 def test_check_aspect_reports_an_unreadable_image(tmp_path):
     assert "file not found" in one_line_error(check_aspect, str(tmp_path / "no.png"), (64, 32))
+
+
+def test_resolve_size_takes_the_flags_or_follows_the_aspect():
+    assert resolve_size(64, 128, (1920, 1080), 768 ** 2, 64) == (64, 128)     # both given
+    assert resolve_size(0, 0, (1920, 1080), 768 ** 2, 64) == (576, 1024)     # SVD's own size
+    assert resolve_size(0, 0, (1080, 1920), 768 ** 2, 64) == (1024, 576)     # portrait
+    assert resolve_size(0, 512, (1080, 1920), 768 ** 2, 64) == (896, 512)    # 512 * 16 / 9 = 910
+    assert resolve_size(320, 0, (640, 480), 768 ** 2, 64) == (320, 448)      # 426.7 -> 448
