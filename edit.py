@@ -127,6 +127,8 @@ class EditConfig:
                                                   "more memory; the same weights)")
     # runtime
     decode_chunk_size: int = knob(14, "frames decoded together; 0 = all (less memory when small)")
+    encode_chunk_size: int = knob(4, "frames encoded together; 0 = all (same latents; 14 frames "
+                                     "at 576x1024 in float32 need ~19 GiB at once)", minimum=0)
     unet_chunk_size: int = knob(0, "frames per transformer call; 0 = all (less memory when small)")
     seed: int = knob(23, "random seed")
     dtype: str = knob("float32", "float32 | bfloat16 | float16")
@@ -289,7 +291,7 @@ def record_source(svd: SVD, frames: torch.Tensor, clip: int, state: StepState, c
     dtype = next(svd.unet.parameters()).dtype if cfg.invert_at_run_dtype else torch.float32
     sigmas = karras_sigmas(cfg.steps).to(frames.device)
     with weights_in(dtype, svd.unet, svd.vae):
-        latents = encode_video(svd, frames)                                 # (1, F, 4, h, w)
+        latents = encode_video(svd, frames, cfg.encode_chunk_size)          # (1, F, 4, h, w)
         cond = encode_conditions(svd.clip, svd.vae, frames[:1], cfg.fps, cfg.motion_bucket_id,
                                  cfg.noise_aug_strength, generator)
         with lora_scale(svd.unet, 0.0), installed(svd.unet, procs):
@@ -497,68 +499,79 @@ def check_config(cfg: EditConfig) -> None:
                              f"share 1 to {cfg.num_frames - 1} frames, got {cfg.overlap}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        # No arguments: the embedded demo (demo/run.py) writes a scene of the procedural world
-        # and calls this function with the flags a user would type, then scores the result.
-        from demo.run import run_demo
-        return run_demo(main)
-    cfg = parse_config(argv)
-    try:
-        check_config(cfg)
-        # Everything a user can get wrong is checked before anything is written: the inputs
-        # first (cheap), then the weights, the working size they allow, the clips.
-        if cfg.plain_i2v:
-            input_size = image_size(cfg.edited_frame[0])
-        else:
-            input_size = probe_video(cfg.video)
-        for path in cfg.edited_frame:
-            check_aspect(path, input_size)
-        cfg.weights = find_weights(cfg.weights)
-        svd = load_svd(cfg.weights, getattr(torch, cfg.dtype), cfg.device)
-        cfg.height, cfg.width = resolve_size(cfg.height, cfg.width, input_size, svd.native_area,
-                                             svd.pixel_multiple)
-        check_resolution(cfg.height, cfg.width, svd.pixel_multiple)
-        fit = Fit(cfg.fit)
-        if not cfg.plain_i2v:
-            video, _ = load_video(cfg.video, cfg.sample_fps, cfg.start_t, cfg.end_t,
-                                  cfg.height, cfg.width, fit)
-            clips = split_clips(len(video), cfg.num_frames, cfg.overlap, cfg.max_clips)
-        images = [load_image(p, cfg.height, cfg.width, fit) for p in cfg.edited_frame]
-        loras = [None] * (0 if cfg.plain_i2v else len(clips))
-        if cfg.lora:
-            if len(cfg.lora) != len(clips):
-                raise InputError(f"{len(cfg.lora)} --lora file(s) for {len(clips)} clip(s); "
-                                 "train.py writes one per clip")
-            # Every file is checked against the base model and the U-Net before anything runs.
-            loras = load_lora_files(cfg.lora, svd.unet, is_temporal_transformer_linear,
-                                    base_model_id(svd))
-    except (InputError, WeightsError, LoRAError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+@dataclass
+class Inputs:
+    """What one edit reads, checked and at the working size: the source video's frames
+    (N, 3, H, W) in [-1, 1] and its clips (none with --plain-i2v), the edited frames (1, 3, H, W)
+    each, one LoRA state dict (or None with --train) per clip, the input's (width, height)."""
+    input_size: tuple[int, int]
+    images: list[torch.Tensor]
+    video: torch.Tensor | None = None
+    clips: list[range] | None = None
+    loras: list[dict | None] | None = None
+
+
+def check_inputs(cfg: EditConfig) -> tuple[int, int]:
+    """The checks that need no model (cheap: run before loading weights); returns the input's
+    (width, height): the video's, or the first edited frame's with --plain-i2v."""
+    check_config(cfg)
+    input_size = image_size(cfg.edited_frame[0]) if cfg.plain_i2v else probe_video(cfg.video)
+    for path in cfg.edited_frame:
+        check_aspect(path, input_size)
+    return input_size
+
+
+def read_inputs(cfg: EditConfig, svd: SVD, input_size: tuple[int, int]) -> Inputs:
+    """Frames, clips and LoRA files for these weights; resolves cfg.height/width (0 = from the
+    input's aspect at the model's own area). Raises InputError / LoRAError with one line."""
+    cfg.height, cfg.width = resolve_size(cfg.height, cfg.width, input_size, svd.native_area,
+                                         svd.pixel_multiple)
+    check_resolution(cfg.height, cfg.width, svd.pixel_multiple)
+    fit = Fit(cfg.fit)
+    inputs = Inputs(input_size, [load_image(p, cfg.height, cfg.width, fit)
+                                 for p in cfg.edited_frame])
+    if cfg.plain_i2v:
+        return inputs
+    inputs.video, _ = load_video(cfg.video, cfg.sample_fps, cfg.start_t, cfg.end_t, cfg.height,
+                                 cfg.width, fit)
+    inputs.clips = split_clips(len(inputs.video), cfg.num_frames, cfg.overlap, cfg.max_clips)
+    inputs.loras = [None] * len(inputs.clips)
+    if cfg.lora:
+        if len(cfg.lora) != len(inputs.clips):
+            raise InputError(f"{len(cfg.lora)} --lora file(s) for {len(inputs.clips)} clip(s); "
+                             "train.py writes one per clip")
+        # Every file is checked against the base model and the U-Net before anything runs.
+        inputs.loras = load_lora_files(cfg.lora, svd.unet, is_temporal_transformer_linear,
+                                       base_model_id(svd))
+    return inputs
+
+
+def run_edit(svd: SVD, cfg: EditConfig, inputs: Inputs, run: Path, log=print) -> None:
+    """The whole method on checked inputs, writing into the folder `run` (which exists):
+    config.json, then per edited frame its mp4 + PNG frames, a side-by-side with the source,
+    and with --save-masks the mask pictures; with --train, the LoRA files under lora/."""
     svd.unet.chunk_size = cfg.unet_chunk_size or None
-    run = make_run_dir(cfg.out_dir)
     atomic_write(run / "config.json", lambda tmp: tmp.write_text(json.dumps(asdict(cfg), indent=2)))
     names = [Path(p).stem for p in cfg.edited_frame]
 
     if cfg.plain_i2v:
-        for name, image in zip(names, images):
+        for name, image in zip(names, inputs.images):
             generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
             frames = generate_video(svd, image.to(cfg.device), cfg.num_frames, cfg.steps,
                                     cfg.min_guidance, cfg.max_guidance, cfg.fps,
                                     cfg.motion_bucket_id, cfg.noise_aug_strength, generator,
                                     cfg.decode_chunk_size, progress=True)
             write_video_outputs(run, name, frames, cfg.fps)
-        return 0
+        return
 
-    video = video.to(cfg.device)
-    print(f"{input_size[0]}x{input_size[1]} video, worked at {cfg.width}x{cfg.height} "
-          f"({cfg.fit}); {len(video)} frames sampled at {cfg.sample_fps} fps -> {len(clips)} "
-          f"clip(s) of {cfg.num_frames} frames: " + ", ".join(f"{c.start}-{c.stop - 1}" for c in clips))
+    video, clips, loras = inputs.video.to(cfg.device), inputs.clips, inputs.loras
+    log(f"{inputs.input_size[0]}x{inputs.input_size[1]} video, worked at {cfg.width}x"
+        f"{cfg.height} ({cfg.fit}); {len(video)} frames sampled at {cfg.sample_fps} fps -> "
+        f"{len(clips)} clip(s) of {cfg.num_frames} frames: "
+        + ", ".join(f"{c.start}-{c.stop - 1}" for c in clips))
     if clips[-1].stop < len(video):
-        print(f"frames {clips[-1].stop}-{len(video) - 1} are not edited (--max-clips "
-              f"{cfg.max_clips})")
+        log(f"frames {clips[-1].stop}-{len(video) - 1} are not edited (--max-clips "
+            f"{cfg.max_clips})")
     # Skip-interval K/V of clip 0's source pass; every later clip joins them.
     skip = SkipInterval.for_video(cfg.skip_interval_kv, len(clips), not cfg.no_skip_interval)
 
@@ -580,19 +593,41 @@ def main(argv: list[str] | None = None) -> int:
                                    run / "lora" / f"clip{k}.safetensors", base_model_id(svd))
                  for k, c in enumerate(clips)]
     if skip is not None and skip.mode is ClipZeroKV.RECOMPUTE:
-        print(f"skip-interval: {skip.extra_calls} extra U-Net calls to recompute clip 0's K/V "
-              "in the inversion and training")
+        log(f"skip-interval: {skip.extra_calls} extra U-Net calls to recompute clip 0's K/V "
+            "in the inversion and training")
 
     # --- Stage 2b: appearance refinement, one chain of clips per edited first frame ----------
     source_frames = (video[: clips[-1].stop] / 2 + 0.5).clamp(0, 1)
-    for name, image in zip(names, images):
+    for name, image in zip(names, inputs.images):
         masks = MemoryStore(device="cpu") if cfg.save_masks else None
-        frames = edit_video(svd, sources, image.to(cfg.device), loras, cfg, skip, masks, clips)
+        frames = edit_video(svd, sources, image.to(cfg.device), loras, cfg, skip, masks, clips,
+                            log)
         write_video_outputs(run, name, frames, cfg.sample_fps)
         write_video_outputs(run, f"{name}_side_by_side", torch.cat([source_frames, frames], -1),
                             cfg.sample_fps)
         if masks is not None:
             save_mask_pictures(masks, run / f"{name}_masks", cfg.height, cfg.width)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        # No arguments: the embedded demo (demo/run.py) writes a scene of the procedural world
+        # and calls this function with the flags a user would type, then scores the result.
+        from demo.run import run_demo
+        return run_demo(main)
+    cfg = parse_config(argv)
+    # Everything a user can get wrong is checked before anything is written: the inputs first
+    # (cheap), then the weights, the working size they allow, the clips and LoRA files.
+    try:
+        input_size = check_inputs(cfg)
+        cfg.weights = find_weights(cfg.weights)
+        svd = load_svd(cfg.weights, getattr(torch, cfg.dtype), cfg.device)
+        inputs = read_inputs(cfg, svd, input_size)
+    except (InputError, WeightsError, LoRAError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_edit(svd, cfg, inputs, make_run_dir(cfg.out_dir))
     return 0
 
 

@@ -90,6 +90,8 @@ class TrainConfig:
                                   minimum=1)
     export_single_file: bool = knob(False, "also write each LoRA in single-file (sgm) naming")
     no_gradient_checkpointing: bool = knob(False, "keep activations (faster, more memory)")
+    encode_chunk_size: int = knob(4, "frames the VAE encodes together; 0 = all (same latents)",
+                                  minimum=0)
     seed: int = knob(23, "random seed")
     dtype: str = knob("bfloat16" if torch.cuda.is_available() else "float32",
                       "base weights: float32 | bfloat16 | float16 (adapters stay float32)")
@@ -104,7 +106,8 @@ class TrainConfig:
                    motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
                    seed=cfg.seed, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
                    sample_fps=cfg.sample_fps, steps_inversion=cfg.steps,
-                   skip_interval_kv=cfg.skip_interval_kv, overlap=cfg.overlap, fit=cfg.fit)
+                   skip_interval_kv=cfg.skip_interval_kv, overlap=cfg.overlap, fit=cfg.fit,
+                   encode_chunk_size=cfg.encode_chunk_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +202,7 @@ def train_motion_lora(svd: SVD, frames: torch.Tensor, clip: int, cfg: TrainConfi
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * clip)
 
     # Cached: the clip's latents and the first frame's CLIP embedding (both fixed).
-    latents = encode_video(svd, frames)                                     # (1, F, 4, h, w)
+    latents = encode_video(svd, frames, cfg.encode_chunk_size)              # (1, F, 4, h, w)
     first = frames[:1]                                                      # (1, 3, H, W)
     cond = encode_conditions(svd.clip, svd.vae, first, cfg.fps, cfg.motion_bucket_id,
                              cfg.noise_aug_strength, None)

@@ -141,7 +141,7 @@ def store_terms(config: SVDConfig, F: int, h: int, w: int, rb: int) -> dict[str,
 
 
 def features(config: SVDConfig, F: int, H: int, W: int, rb: int, clips: int, chunk: int,
-             counts: dict, ckpt: bool) -> dict[str, dict[str, float]]:
+             counts: dict, ckpt: bool, enc_chunk: int = 0) -> dict[str, dict[str, float]]:
     """Per phase: {term: bytes} for the exact terms and {'x': the structural count the fitted
     coefficient multiplies}. Phases: train, inversion (clip 0 / later), edit (clip 0 / later),
     decode."""
@@ -151,7 +151,7 @@ def features(config: SVDConfig, F: int, H: int, W: int, rb: int, clips: int, chu
     skips = skip_elements(config, F, h, w)
     later = clips > 1
     up = (4 - rb) * (counts["unet"] + counts["vae"])        # float32 upcast for inversion
-    enc_x = F * 128 * H * W
+    enc_x = min(enc_chunk or F, F) * 128 * H * W          # frames the VAE encodes at once
     ph = {}
     lora = counts["lora"] * 4
     ph["train (ckpt)" if ckpt else "train (no ckpt)"] = {
@@ -331,9 +331,10 @@ def measure(args) -> dict:
 # Fit and tables
 # ---------------------------------------------------------------------------------------------
 
-def all_features(config, F, H, W, rb, clips, chunk, counts):
-    ph = features(config, F, H, W, rb, clips, chunk, counts, ckpt=True)
-    ph.update(features(config, F, H, W, rb, clips, chunk, counts, ckpt=False))
+def all_features(config, F, H, W, rb, clips, chunk, counts, enc_chunk=0):
+    ph = features(config, F, H, W, rb, clips, chunk, counts, ckpt=True, enc_chunk=enc_chunk)
+    ph.update(features(config, F, H, W, rb, clips, chunk, counts, ckpt=False,
+                       enc_chunk=enc_chunk))
     return ph
 
 
@@ -393,6 +394,8 @@ def main():
                              "instructions runs bf16 several times slower; the model's dtype "
                              "enters through bytes per element, so a float32 fit predicts bf16)")
     parser.add_argument("--decode-chunk-size", type=int, default=14)
+    parser.add_argument("--encode-chunk-size", type=int, default=4,
+                        help="edit.py's default (the measurements encoded all 14 frames at once)")
     parser.add_argument("--gpu-gib", type=float, default=24.0)
     parser.add_argument("--host-gib", type=float, default=16.0)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -418,8 +421,9 @@ def main():
               f"{args.frames} frames, 2 steps; one fresh process per phase group")
         rows = measure(args)
     if args.refit:                       # the rows --measure saved, fitted again
-        rows = {tuple(int(v) for v in k.split("x")): r
-                for k, r in json.loads(FITTED.read_text())["rows"].items()}
+        saved = json.loads(FITTED.read_text())["rows"] if FITTED.is_file() else \
+            json.loads(PARTIAL.read_text())
+        rows = {tuple(int(v) for v in k.split("x")): r for k, r in saved.items()}
     if args.measure or args.refit:
         rb_m = torch.empty(0, dtype=getattr(torch, args.measure_dtype)).element_size()
         up_m = (4 - rb_m) * (counts["unet"] + counts["vae"])
@@ -437,6 +441,9 @@ def main():
             for i, lat in enumerate(SIZES):
                 f = all_features(config, args.frames, lat[0] * 8, lat[1] * 8, rb_m, 2, 14, counts)
                 pred = phase_prediction(f[p], p, coeff, a_enc, up_m)
+                if p not in rows.get(lat, {}):
+                    line += f" {'-':>13s} {'':7s} {'':6s}"
+                    continue
                 meas = rows[lat][p][0]
                 tag = "" if i in CHECK else "*"
                 line += (f" {meas / 2**20:12.0f}{tag} {pred / 2**20:7.0f} "
@@ -446,15 +453,16 @@ def main():
 
     H, W, F = args.height, args.width, args.frames
     st = store_terms(config, F, H // 8, W // 8, rb)
-    print(f"\nprediction at {H}x{W}, {F} frames, {args.dtype}, decode chunk "
-          f"{args.decode_chunk_size}; GPU = weights + phase x {GPU_FRAGMENTATION} + "
+    print(f"\nprediction at {H}x{W}, {F} frames, {args.dtype}, encode chunk "
+          f"{args.encode_chunk_size}, decode chunk {args.decode_chunk_size}; GPU = weights + phase x {GPU_FRAGMENTATION} + "
           f"{GPU_OVERHEAD / GiB:.1f} GiB CUDA context; budget {args.gpu_gib:.0f} GiB")
     print(f"per step: skip-interval K/V {st['kv_values'] / 1e6:.1f} M values = "
           f"{st['kv'] / GiB:.2f} GiB per pass kept; source spatial q/k {st['qk'] / GiB:.2f} GiB;"
           f" temporal probs {st['probs'] / GiB:.2f} GiB (x2 with clip 0's keys); matching maps "
           f"{st['maps'] / GiB:.2f} GiB")
     for clips in (1, 3):
-        ph = all_features(config, F, H, W, rb, clips, args.decode_chunk_size, counts)
+        ph = all_features(config, F, H, W, rb, clips, args.decode_chunk_size, counts,
+                          args.encode_chunk_size)
         print(f"\n{clips} clip(s)   {'phase GiB':>10s} {'+weights':>9s} {'GPU total':>10s}  fits")
         for p, f in ph.items():
             if clips == 1 and "later" in p:

@@ -7,12 +7,17 @@ from svd.weights import SVD
 
 
 @torch.no_grad()
-def encode_video(svd: SVD, frames: torch.Tensor) -> torch.Tensor:
+def encode_video(svd: SVD, frames: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
     """frames (F, 3, H, W) in [-1, 1] -> diffusion latents (1, F, 4, h, w) float32: the VAE
-    posterior mean times the scaling factor (0.18215 for SVD)."""
+    posterior mean times the scaling factor (0.18215 for SVD). The encoder sees each frame on
+    its own, so `chunk_size` frames at a time (0 = all) gives the same latents; it bounds the
+    peak, which at 576x1024 is about 4.7 float32 tensors of (frames, 128, H, W): 19 GiB for 14
+    frames at once (bench/NOTES.md)."""
     dtype = next(svd.vae.parameters()).dtype
-    latents = svd.vae.encode(frames.to(dtype)).float() * svd.config.vae.scaling_factor
-    return latents[None]
+    step = chunk_size or len(frames)
+    latents = torch.cat([svd.vae.encode(frames[i:i + step].to(dtype)).float()
+                         for i in range(0, len(frames), step)])
+    return latents[None] * svd.config.vae.scaling_factor
 
 
 @torch.no_grad()

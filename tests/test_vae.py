@@ -1,6 +1,8 @@
 """VAE: structure at the released size, numerical parity with diffusers on random weights, and
 chunked decoding (shared/docs/svd.md §2, §5.7)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -110,3 +112,20 @@ def test_chunked_decoding_chunks_each_video_separately(tmp_path):
                               for b in range(B) for i in range(0, F, c)])
         got = ours.decode(z, num_frames=F, chunk_size=c)
     assert (got - expected).abs().max() <= 1e-4          # fp32 round-off only
+
+
+def test_chunked_encoding_gives_the_same_latents():
+    # The encoder has no temporal layers: encode_video in chunks (what bounds the peak at
+    # 576x1024, bench/NOTES.md) must equal encoding every frame at once. Demo weights, 7 frames
+    # so that the last chunk is short.
+    from svd.latents import encode_video
+    from svd.weights import load_svd
+
+    svd = load_svd(Path(__file__).resolve().parents[1] / "demo" / "weights")
+    frames = torch.rand(7, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        whole = encode_video(svd, frames)
+        for chunk in (1, 3, 4, 7, 9):
+            got = encode_video(svd, frames, chunk)
+            assert got.shape == whole.shape == (1, 7, 4, 16, 16)
+            assert (got - whole).abs().max() <= 1e-6, chunk
