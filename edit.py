@@ -45,9 +45,9 @@ from lora import (LoRAError, is_temporal_transformer_linear, load_lora_files,
 from svd.cli import build_parser, knob
 from svd.conditioning import Conditions, encode_conditions, zero_conditions
 from svd.latents import decode_latents, encode_video
-from svd.media import (Fit, InputError, atomic_write, check_aspect, check_resolution, image_size,
-                       load_image, load_video, make_run_dir, probe_video, resolve_size, save_png,
-                       split_clips, write_video_outputs)
+from svd.media import (Fit, InputError, atomic_write, check_aspect, check_overlap,
+                       check_resolution, image_size, load_image, load_video, make_run_dir,
+                       probe_video, resolve_size, save_png, split_clips, write_video_outputs)
 from svd.sampling import frame_guidance, generate_video, v_denoise
 from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
 
@@ -494,9 +494,7 @@ def check_config(cfg: EditConfig) -> None:
             raise InputError("--video is required (or --plain-i2v for image-to-video)")
         if bool(cfg.lora) == cfg.train:
             raise InputError("pass either --lora (one file per clip) or --train")
-        if cfg.overlap >= cfg.num_frames:
-            raise InputError(f"--overlap must be below --num-frames ({cfg.num_frames}): clips "
-                             f"share 1 to {cfg.num_frames - 1} frames, got {cfg.overlap}")
+        check_overlap(cfg.num_frames, cfg.overlap)
 
 
 @dataclass

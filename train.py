@@ -43,8 +43,8 @@ from lora import (LoRAError, add_lora, export_single_file, is_temporal_transform
 from svd.cli import build_parser, knob
 from svd.conditioning import Conditions, encode_conditions
 from svd.latents import encode_video
-from svd.media import (Fit, InputError, atomic_write, check_resolution, load_video, make_run_dir,
-                       probe_video, resolve_size, split_clips)
+from svd.media import (Fit, InputError, atomic_write, check_overlap, check_resolution,
+                       load_video, make_run_dir, probe_video, resolve_size, split_clips)
 from svd.sampling import v_denoise
 from svd.single_file import unet_transformer_path_to_sgm
 from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
@@ -301,9 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.fit not in [m.value for m in Fit]:
             raise InputError(f"--fit must be one of {', '.join(m.value for m in Fit)}, "
                              f"got {cfg.fit}")
-        if cfg.overlap >= cfg.num_frames:
-            raise InputError(f"--overlap must be below --num-frames ({cfg.num_frames}), got "
-                             f"{cfg.overlap}")
+        check_overlap(cfg.num_frames, cfg.overlap)
         video_size = probe_video(cfg.video)
         cfg.weights = find_weights(cfg.weights)
         svd = load_svd(cfg.weights, getattr(torch, cfg.dtype), cfg.device)

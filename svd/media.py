@@ -306,6 +306,14 @@ def load_video(path: str, sample_fps: float, start_t: float, end_t: float, heigh
     return torch.cat(frames), video_size
 
 
+def check_overlap(num_frames: int, overlap: int) -> None:
+    """Consecutive clips share 1 to F - 1 frames (0 would leave the next clip without the edit
+    of its first frame; F would repeat the clip)."""
+    if not 1 <= overlap < num_frames:
+        raise InputError(f"--overlap must be in [1, {num_frames - 1}] for --num-frames "
+                         f"{num_frames}, got {overlap}")
+
+
 def split_clips(num_video_frames: int, num_frames: int, overlap: int, max_clips: int = 0
                 ) -> list[range]:
     """Frame ranges of the clips: F frames each, each clip starting at the first of the
@@ -317,9 +325,7 @@ def split_clips(num_video_frames: int, num_frames: int, overlap: int, max_clips:
     if num_frames < 1 or max_clips < 0:
         raise InputError(f"--num-frames must be at least 1 and --max-clips at least 0, got "
                          f"{num_frames} and {max_clips}")
-    if not 1 <= overlap < num_frames:
-        raise InputError(f"--overlap must be in [1, {num_frames - 1}] for --num-frames "
-                         f"{num_frames}, got {overlap}")
+    check_overlap(num_frames, overlap)
     if num_video_frames < num_frames:
         raise InputError(f"the sampled video has {num_video_frames} frames, fewer than one clip "
                          f"({num_frames}); raise --sample-fps or lower --num-frames")
