@@ -15,7 +15,6 @@ videos of a moving square (one clip each), --train with a few LoRA steps, a few 
 
 import argparse
 import json
-import platform
 import socket
 import subprocess
 import sys
@@ -28,19 +27,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+from demo.pretrain import cpu_name  # noqa: E402
 from svd.media import save_video  # noqa: E402
 
 WEIGHTS = ROOT / "demo" / "weights"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_jobs(folder: Path, args) -> Path:
@@ -107,7 +97,7 @@ def main(argv=None) -> int:
             "1 rank x 2 threads": lambda out: [
                 sys.executable, "batch.py", *common, "--out-dir", str(out), "--threads", "2"],
         }
-        print(f"CPU: {cpu_model()}; {args.jobs} jobs of {args.frames} frames at {args.size}x"
+        print(f"CPU: {cpu_name()}; {args.jobs} jobs of {args.frames} frames at {args.size}x"
               f"{args.size}, --train {args.train_steps} LoRA steps, {args.steps} Euler steps")
         print(f"{'setup':20s}{'wall s':>9s}{'jobs/min':>10s}{'mean job s':>12s}")
         for label, command in setups.items():

@@ -25,7 +25,6 @@ scene placement only guarantees it for 8 frames).
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
 from demo import world  # noqa: E402
+from demo.pretrain import cpu_name  # noqa: E402
 from demo.evaluate import WEIGHTS, edit_config, scores, to_model, to_numpy  # noqa: E402
 from edit import SkipInterval, edit_video, record_source  # noqa: E402
 from lora import lora_scale  # noqa: E402
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
             p.error(f"seed {seed}: an object leaves the frame within {NUM_VIDEO_FRAMES} frames")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s); "
+    print(f"{cpu_name()}, {torch.get_num_threads()} thread(s); "
           f"{len(args.seeds)} scene(s) of {NUM_VIDEO_FRAMES} frames = {CLIPS} clips of "
           f"{world.NUM_FRAMES} (overlap {OVERLAP}); LoRA {args.train_steps} steps per clip, "
           f"{args.steps} Euler steps", flush=True)

@@ -26,15 +26,9 @@ from attention import StepState  # noqa: E402
 from bench.memory import peak_of, phase_decode, phase_invert, phase_train, status, \
     synthetic_video  # noqa: E402
 from bench.random_svd import random_svd  # noqa: E402
+from demo.pretrain import cpu_name  # noqa: E402
 from edit import EditConfig, SkipInterval, edit_clip, handover, image_conditions  # noqa: E402
 from lora import load_lora_state_dict  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def timed(device: str, fn):

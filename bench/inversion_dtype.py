@@ -31,17 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attention import StepState  # noqa: E402
 from bench.memory import synthetic_video  # noqa: E402
 from bench.random_svd import random_svd  # noqa: E402
+from demo.pretrain import cpu_name  # noqa: E402
 from edit import EditConfig, record_source, weights_in  # noqa: E402
 from edm import karras_sigmas, sample_euler  # noqa: E402
 from svd.latents import encode_video  # noqa: E402
 from svd.sampling import v_denoise  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 @torch.no_grad()

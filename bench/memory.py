@@ -414,10 +414,8 @@ def main():
           f"weights at {args.dtype}: {weights / GiB:.2f} GiB")
     coeff, a_enc = load_fit()
     if args.measure:
-        import platform
-        model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                      if l.startswith("model name")), platform.processor())
-        print(f"measuring on {model}, {torch.get_num_threads()} threads, {args.measure_dtype}, "
+        from demo.pretrain import cpu_name
+        print(f"measuring on {cpu_name()}, {torch.get_num_threads()} threads, {args.measure_dtype}, "
               f"{args.frames} frames, 2 steps; one fresh process per phase group")
         rows = measure(args)
     if args.refit:                       # the rows --measure saved, fitted again
@@ -468,7 +466,6 @@ def main():
             if clips == 1 and "later" in p:
                 continue
             step = phase_prediction(f, p, coeff, a_enc, up, gpu=True)
-            w = weights - (up if p.startswith("inversion") else 0) * 0
             total = step + weights + GPU_OVERHEAD
             print(f"  {p:22s} {step / GiB:9.2f} {weights / GiB:9.2f} {total / GiB:10.2f}  "
                   f"{'yes' if total <= args.gpu_gib * GiB else 'NO'}")
