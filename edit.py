@@ -1,6 +1,6 @@
 """I2VEdit on Stable Video Diffusion: propagate an edited first frame through a video.
 
-The method (arXiv 2405.16537; shared/docs/i2vedit.md), top to bottom in this file:
+The method (arXiv 2405.16537; docs/method.md), top to bottom in this file:
 
 1. Sample the source video and cut it into clips of F frames sharing `overlap` frames.
 2. Record the source (`record_source`): smooth-area random perturbation (SARP), then EDM
@@ -72,7 +72,7 @@ class EditConfig:
     weights: str = knob("", "diffusers folder or svd*.safetensors (default: Hugging Face cache)")
     plain_i2v: bool = knob(False, "plain SVD image-to-video from --edited-frame; no video")
     out_dir: str = knob("runs", "each run writes a timestamped folder here")
-    # the source video and its clips (i2vedit.md §0-§1)
+    # the source video and its clips (docs/method.md §2)
     sample_fps: float = knob(2.5, "frames per second taken from the video (reference 2.5)")
     start_t: float = knob(0.0, "first second of the video used")
     end_t: float = knob(0.0, "last second used; 0 = to the end")
@@ -86,7 +86,7 @@ class EditConfig:
     width: int = knob(0, "working width; 0 = as --height says", minimum=0)
     fit: str = knob("crop", "crop | pad: a video whose aspect differs from --height/--width is "
                             "cropped (centre) or padded (black bars)")
-    # sampling (i2vedit.md §4)
+    # sampling (docs/method.md §5)
     steps: int = knob(25, "Euler steps N over the Karras sigmas, inversion and editing",
                        minimum=1)
     min_guidance: float = knob(1.0, "classifier-free guidance of the first frame")
@@ -95,7 +95,7 @@ class EditConfig:
     motion_bucket_id: int = knob(127, "SVD's motion conditioning")
     noise_aug_strength: float = knob(0.02, "pixel noise on the conditioning image")
     lora_scale: float = knob(1.0, "motion LoRA scale while editing")
-    # appearance refinement (i2vedit.md §4.1-§4.4)
+    # appearance refinement (docs/method.md §6)
     beta1: float = knob(0.5, "temporal selector: source everywhere before int(beta1 N); "
                              "presets: local 0.5/0.8, style 0.8/0.9, big shape change 0.4/0.5")
     beta2: float = knob(0.8, "temporal selector: own everywhere from int(beta2 N)")
@@ -150,7 +150,7 @@ def parse_config(argv: list[str] | None = None) -> EditConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Smooth-area random perturbation (SARP), i2vedit.md §5
+# Smooth-area random perturbation (SARP), docs/method.md §7
 # ---------------------------------------------------------------------------------------------
 
 def perturb_smooth_areas(frames: torch.Tensor, threshold: float = 1e-3,
@@ -172,7 +172,7 @@ def perturb_smooth_areas(frames: torch.Tensor, threshold: float = 1e-3,
 
 
 # ---------------------------------------------------------------------------------------------
-# Skip-interval: where clips k > 0 get clip 0's temporal K/V (i2vedit.md §4.4)
+# Skip-interval: where clips k > 0 get clip 0's temporal K/V (docs/method.md §6.4)
 # ---------------------------------------------------------------------------------------------
 
 class ClipZeroKV(enum.Enum):

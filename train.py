@@ -1,4 +1,4 @@
-"""Motion LoRA: I2VEdit's coarse motion extraction (arXiv 2405.16537 §4.1; shared/docs/i2vedit.md §2).
+"""Motion LoRA: I2VEdit's coarse motion extraction (arXiv 2405.16537 §4.1; docs/method.md §3).
 
 For each clip of the source video, a rank-32 LoRA on every nn.Linear of SVD's temporal
 transformer blocks learns to denoise that clip, conditioned on its own first frame. At edit time
@@ -68,7 +68,7 @@ class TrainConfig:
                        minimum=0)
     width: int = knob(0, "training width; 0 = as --height says", minimum=0)
     fit: str = knob("crop", "crop | pad: how frames of another aspect ratio are brought to size")
-    # the adapter and its optimiser (i2vedit.md §2)
+    # the adapter and its optimiser (docs/method.md §3.2)
     rank: int = knob(32, "LoRA rank r", minimum=1)
     dropout: float = knob(0.1, "dropout on the adapter input (reference: 0.1, after lora_up)")
     steps: int = knob(250, "optimisation steps per clip (the paper's results use 250)",

@@ -15,7 +15,8 @@ changes. This file knows nothing about I2VEdit:
   and restores what was there on exit, exceptions included.
 
 References: diffusers' per-module-path processor dict (`set_attn_processor`), minus the
-boilerplate; k-diffusion's scoped instrumentation (shared/docs/style.md §2.3).
+boilerplate; k-diffusion's scoped instrumentation (undone on exit, so no pass leaves its
+processors behind for the next one).
 """
 
 import contextlib

@@ -1,5 +1,5 @@
-"""I2VEdit's appearance refinement inside attention (arXiv 2405.16537 §4.2; shared/docs/i2vedit.md
-§3-§4): record the source's attention during inversion, then, while sampling the edit, match
+"""I2VEdit's appearance refinement inside attention (arXiv 2405.16537 §4.2; docs/method.md
+§4-§6): record the source's attention during inversion, then, while sampling the edit, match
 spatial self-attention to it through a difference mask and take temporal self-attention from it
 in a three-stage schedule.
 

@@ -1,5 +1,5 @@
-"""Which processor each self-attention layer gets in I2VEdit's passes (shared/docs/i2vedit.md
-§3-§4.4). edit.py installs these dicts with `installed(model, processors)`.
+"""Which processor each self-attention layer gets in I2VEdit's passes (docs/method.md
+§4-§6). edit.py installs these dicts with `installed(model, processors)`.
 
 - Source pass (the inversion, and its per-step rerun while editing): recorders on every
   self-attention layer; on temporal ones also skip-interval K/V when a store is given (clip 0
@@ -39,7 +39,8 @@ def edit_processors(model, store, state: StepState, num_frames: int, num_steps: 
                     beta2: float = 0.8, coarse_up: int = 2, edit_kv=None, masks=None
                     ) -> tuple[dict, dict]:
     """(unconditional, conditional) processors of an edit pass reading the source records in
-    `store`. The switches are the ablations; the rest are i2vedit.md's knobs (§4.1, §4.2)."""
+    `store`. The switches are the ablations; the rest are the knobs of docs/method.md §6.1,
+    §6.2."""
     uncond, cond = {}, {}
     for name, layer in attention_layers(model).items():
         if not layer.self_attention:

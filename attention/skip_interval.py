@@ -1,4 +1,4 @@
-"""Skip-interval cross-attention (I2VEdit arXiv 2405.16537 §4.1, eq. 3; shared/docs/i2vedit.md §4.4).
+"""Skip-interval cross-attention (I2VEdit arXiv 2405.16537 §4.1, eq. 3; docs/method.md §6.4).
 
 A long video is edited clip by clip, each clip conditioned on the previous clip's last edited
 frame; errors would accumulate. To tie every clip to the first, the temporal self-attention of a

@@ -13,7 +13,8 @@ apart and a pass chunked alike reads back exactly its own piece. Two backends wi
 Neither knows what the tensors mean; recording and injection are in matching.py and
 skip_interval.py. I2VEdit's reference pickles every step's maps to disk (about 3 GB per step);
 edit.py's default instead recomputes the source attention each step and keeps only one step in a
-MemoryStore (shared/docs/style.md decision 4).
+MemoryStore: a whole clip's records (about 75 GB at 576x1024) are too large to keep by default,
+while recomputing one step costs one U-Net call.
 """
 
 import os

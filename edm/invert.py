@@ -1,6 +1,6 @@
 """Inversion: from a clean latent x0 back to the latent at sigma_0 that Euler sampling maps onto
-it (I2VEdit, shared/docs/i2vedit.md §3; reference `utils/euler_utils.py:44-118`, described in
-i2vedit-reference.md §3.1).
+it (I2VEdit, docs/method.md §4; reference `utils/euler_utils.py:44-118`, described in
+docs/method.md §4.1).
 
 `invert_euler` is I2VEdit's inversion: walk the sampling intervals backwards, s = N-1 ... 0,
 evaluate the denoiser at the *lower* end sigma_{s+1} and take an Euler step up to sigma_s. The
@@ -16,7 +16,8 @@ extra denoiser calls per step), so Euler sampling from its output returns x0 up 
 tolerance. Not in the paper; offered because the reference's round trip is visibly lossy.
 
 Both pass step=s to the denoiser, the index the sampler uses for the same interval, so records
-made during inversion line up with sampling step s with no `N - i - 1` arithmetic (style rule 11).
+made during inversion line up with sampling step s with no `N - i - 1` arithmetic (the step has one
+source, the loop, instead of counters that must be kept in step).
 For `invert_euler` the record of step s is computed at sigma_{s+1} (the lower end; sigma_N
 continued), not at the sigma the sampler evaluates step s at: that one-level offset is the
 reference's. Both return the latent at sigmas[0] itself, *not* divided by sqrt(sigma_0^2 + 1):

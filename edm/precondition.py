@@ -1,22 +1,22 @@
 """Preconditioning, training-noise distribution and loss weight.
 
 `v_preconditioning`: SVD's v-prediction in EDM form (sgm `VScalingWithEDMcNoise`, sigma_data 1;
-shared/docs/svd.md §5.1): x0_hat = c_skip x + c_out F(c_in x, c_noise) with
+docs/svd.md §5.1): x0_hat = c_skip x + c_out F(c_in x, c_noise) with
 c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1), c_in = 1/sqrt(sigma^2+1),
 c_noise = ln(sigma)/4. Checked against diffusers' `EulerDiscreteScheduler` (v_prediction,
 continuous timesteps) in tests/test_edm.py.
 
-`sample_training_sigmas`: the noise levels I2VEdit trains its motion LoRA on (i2vedit.md §2), the
-"interpolated cosine" log-SNR distribution of simple diffusion (Hoogeboom et al. 2023,
+`sample_training_sigmas`: the noise levels I2VEdit trains its motion LoRA on (docs/method.md
+§3.4), the "interpolated cosine" log-SNR distribution of simple diffusion (Hoogeboom et al. 2023,
 arXiv 2301.11093 §3.2, as implemented in k-diffusion's `rand_cosine_interpolated`): the cosine
 log-SNR schedule shifted for 32- and 64-pixel noise resolutions, interpolated by u itself, u
-stratified uniform. I2VEdit's constants (i2vedit-reference.md §2.4, reference train.py:570-575):
+stratified uniform. I2VEdit's constants (docs/method.md §3.4; reference i2vedit/train.py:570-575):
 image_d 64, noise_d 32 -> 64, sigma_data 0.5, sigma_min 0.002, sigma_max 700. sigma_min and
 sigma_max enter only as the ends of the log-SNR range, so sigma lies in [0.002, 700] by
 construction (u = 1 and u = 0), with no clamp.
 
 `edm_loss_weight`: lambda(sigma) = (sigma^2 + 1) / sigma^2, EDM's weight for sigma_data = 1
-(i2vedit-reference.md §2.4), which is 1 / c_out^2: the weighted x0 loss equals the unweighted
+(docs/method.md §3.5), which is 1 / c_out^2: the weighted x0 loss equals the unweighted
 loss on the network's v-target.
 """
 

@@ -1,5 +1,5 @@
 """Deterministic Euler sampler (Karras et al. 2022, arXiv 2206.00364, Algorithm 1 without the
-2nd-order correction; the sampler of SVD's reference pipeline, shared/docs/svd.md §5.2: diffusers
+2nd-order correction; the sampler of SVD's reference pipeline, docs/svd.md §5.2: diffusers
 `EulerDiscreteScheduler` with s_churn 0, which it matches step for step in tests/test_edm.py).
 
 denoise(x, sigma, step) -> x0_hat is any EDM denoiser; step s is the interval

@@ -1,13 +1,13 @@
 """Noise-level schedules.
 
 `karras_sigmas`: Karras et al. 2022 (arXiv 2206.00364) eq. 5, the schedule SVD samples with
-(sigma_min 0.002, sigma_max 700, rho 7, then a final 0; shared/docs/svd.md §5.2). Computed in
+(sigma_min 0.002, sigma_max 700, rho 7, then a final 0; docs/svd.md §5.2). Computed in
 float64 and cast to float32 like diffusers' `EulerDiscreteScheduler(use_karras_sigmas=True)`,
 which it matches to 1e-6 (tests/test_edm.py). Step s is the interval sigmas[s] -> sigmas[s+1], in
 sampling order.
 
 `inversion_sigmas`: I2VEdit's geometric continuation of the last interval, for inversion only
-(shared/docs/i2vedit.md §3; reference `utils/euler_utils.py:98-103`).
+(docs/method.md §4.1; reference `utils/euler_utils.py:98-103`).
 """
 
 import torch

@@ -1,6 +1,6 @@
 """Which layers get LoRA in I2VEdit: a name predicate for `add_lora(model, where=...)`.
 
-I2VEdit (arXiv 2405.16537, stage "Coarse Motion Extraction"; shared/docs/i2vedit.md §2) trains a
+I2VEdit (arXiv 2405.16537, stage "Coarse Motion Extraction"; docs/method.md §3.1) trains a
 motion LoRA on every nn.Linear inside each temporal transformer block of the SVD U-Net:
 `ff_in.net.0.proj`, `ff_in.net.2`, `attn1.to_q/k/v/to_out.0`, `attn2.to_q/k/v/to_out.0`,
 `ff.net.0.proj`, `ff.net.2` -- 16 blocks x 12 = 192 layers at the released size (about 17.8 M

@@ -8,7 +8,8 @@
   (diffusers `SpatioTemporalResBlock`, sgm `VideoResBlock`).
 - `Downsample` / `Upsample`: stride-2 3x3 conv / nearest x2 then 3x3 conv.
 
-Checked against diffusers `models/resnet.py` (tests/test_parity.py).
+Checked against diffusers `models/resnet.py` through the parity tests of the models built from
+them (tests/test_unet.py, tests/test_vae.py).
 """
 
 import torch
@@ -67,7 +68,7 @@ class VideoResBlock(nn.Module):
     """x (B*F, Cin, H, W), emb (B*F, temb) or None -> (B*F, Cout, H, W).
 
     The blend's spatial input is the spatial block's *output*, and the temporal block runs on
-    that output (shared/docs/svd.md §1.3h, §7 #2).
+    that output (docs/svd.md §1.4, §7 #3).
     """
 
     def __init__(self, in_ch: int, out_ch: int, temb_ch: int | None, eps: float,

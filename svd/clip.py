@@ -6,10 +6,10 @@ Pre-LayerNorm ViT: patch embedding (no bias) + class token + learned positions, 
 (the checkpoint's spelling), 32 blocks of {LN, 16-head attention with biases, LN, MLP with exact
 GELU}, then `post_layernorm` on the class token and a linear projection, not L2-normalised.
 
-Module names are transformers' names (shared/svd-keys/diffusers_image_encoder.tsv). Only the
+Module names are transformers' names (tests/data/diffusers_image_encoder.tsv). Only the
 U-Net's attention is hookable; here attention is a plain function. Shapes: B images, N tokens
 (patches + 1), C width, h heads, d head dim. Checked against transformers 5.23 on random weights
-(tests/test_clip.py); see shared/docs/svd.md §3.
+(tests/test_clip.py); see docs/svd.md §3.
 """
 
 import torch

@@ -1,4 +1,4 @@
-"""SVD's conditioning signals for one conditioning image (shared/docs/svd.md §5.3).
+"""SVD's conditioning signals for one conditioning image (docs/svd.md §4).
 
 - context: the CLIP ViT-H/14 embedding of the *un-augmented* image, (B, 1, 1024), the
   cross-attention context of every frame;

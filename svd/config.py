@@ -1,7 +1,7 @@
 """Architecture configurations of the SVD backbone.
 
 The defaults of each dataclass *are* the released `stabilityai/stable-video-diffusion-img2vid`
-model (shared/docs/svd.md §1.1, §2.1, §3.1); `img2vid_xt()` differs only in the pipeline's
+model (docs/svd.md §1.1, §2.1, §3.1); `img2vid_xt()` differs only in the pipeline's
 default frame count. `tiny()` is a small configuration with the same structure, used by the
 tests (parity with diffusers/transformers on random weights) and by the demo model.
 Runtime sizes (frames, resolution) are call arguments, never configuration.

@@ -11,8 +11,8 @@
 - `FeedForward`: GEGLU feed-forward (value half first, exact erf GELU on the gate half).
 - `TimeMixer`: SVD's learned blend of a spatial and a temporal path (`AlphaBlender`).
 
-Shape alphabet (style rule 6): B batch, F frames, C channels, H/W height/width, S = H*W,
-h heads, d head dim, N token count.
+Shape alphabet, the same letters in every file so that shape comments read alike: B batch,
+F frames, C channels, H/W height/width, S = H*W, h heads, d head dim, N token count.
 """
 
 import math
@@ -26,7 +26,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     """Sinusoidal embedding (N,) -> (N, dim) float32, laid out [cos | sin].
 
     Frequencies are exp(-ln(max_period) * i / half) for i < half (no frequency shift): the layout
-    the SVD checkpoint was trained with (shared/docs/svd.md §1.3a, §7 #4).
+    the SVD checkpoint was trained with (docs/svd.md §1.3, §7 #1).
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32,

@@ -1,5 +1,5 @@
 """SVD as an EDM denoiser D(x, sigma) -> x0_hat, classifier-free guidance over frames, and plain
-SVD image-to-video (shared/docs/svd.md §5-§7; checked against diffusers'
+SVD image-to-video (docs/svd.md §4-§5; checked against diffusers'
 `StableVideoDiffusionPipeline` in tests/test_generate.py).
 
 This is the one place where SVD's v-parameterisation meets the generic EDM code: everything in
@@ -20,7 +20,7 @@ def v_denoise(unet, x: torch.Tensor, sigma: torch.Tensor, cond: Conditions) -> t
     """x (B, F, 4, h, w) noisy latent at noise level sigma -> x0_hat, float32.
 
     The only place where SVD's v-parameterisation is applied: x0_hat = c_skip x + c_out F(c_in x).
-    The image latent is concatenated after the scaled noisy latent, unscaled (svd.md §5.1).
+    The image latent is concatenated after the scaled noisy latent, unscaled (docs/svd.md §5.1).
     """
     c_skip, c_out, c_in, c_noise = v_preconditioning(sigma)
     dtype = next(unet.parameters()).dtype
@@ -68,7 +68,8 @@ def generate_video(svd: SVD, image: torch.Tensor, num_frames: int = 14, steps: i
     h, w = image.shape[-2] // down, image.shape[-1] // down
     noise = torch.randn((1, num_frames, svd.config.vae.latent_channels, h, w), generator=generator,
                         device=image.device, dtype=torch.float32)
-    # The reference starts from sqrt(sigma_0^2 + 1) * noise, not sigma_0 * noise (svd.md §7 #20).
+    # The reference starts from sqrt(sigma_0^2 + 1) * noise, not sigma_0 * noise
+    # (docs/svd.md §7 #18).
     x = noise * (sigmas[0] ** 2 + 1).sqrt()
     guidance = frame_guidance(num_frames, min_guidance, max_guidance)      # (1, F, 1, 1, 1)
     denoise = guided_denoiser(svd.unet, cond, guidance)

@@ -1,15 +1,16 @@
 """Rename rules from the single-file SVD checkpoint (`svd.safetensors`, Stability's sgm names) to
 our module names (the diffusers folder names). Pure functions of key names; svd/weights.py reads
-the tensors and applies them (shared/docs/svd.md §4.2-§4.6).
+the tensors and applies them (docs/svd.md §6.2-§6.5; the three rows below are docs/svd.md §6.3,
+§6.4 and §6.5).
 
-  U-Net  `model.diffusion_model.*`                       pure renames (§4.3)
+  U-Net  `model.diffusion_model.*`                       pure renames
   VAE    `first_stage_model.decoder.*` (decoder) and      renames; the attention 1x1 convs are
-         `conditioner.embedders.3.encoder.{encoder,quant_conv}.*`   squeezed to linears (§4.4)
+         `conditioner.embedders.3.encoder.{encoder,quant_conv}.*`   squeezed to linears
   CLIP   `conditioner.embedders.0.open_clip.model.visual.*`   renames; the fused in_proj is split
-                                                         into q/k/v thirds; `proj` transposed (§4.5)
+                                                         into q/k/v thirds; `proj` transposed
 
 The file also holds tensors SVD never uses, skipped on purpose (`IGNORED_PREFIXES`). The rules
-reproduce shared/svd-keys/map_*.tsv key for key (tests/test_weights.py).
+reproduce tests/data/map_*.tsv key for key (tests/test_weights.py).
 """
 
 import re
@@ -58,7 +59,8 @@ def _unet_transformer(rest: str) -> str:
 
 
 def unet_key(key: str, layers_per_block: int) -> str:
-    """One sgm U-Net key (prefix stripped) -> its diffusers key (§4.3). Raises KeyError."""
+    """One sgm U-Net key (prefix stripped) -> its diffusers key (docs/svd.md §6.3).
+    Raises KeyError."""
     L = layers_per_block
     fixed = {"time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
              "label_emb.0.0.": "add_embedding.linear_1.", "label_emb.0.2.": "add_embedding.linear_2.",
@@ -91,7 +93,8 @@ def unet_key(key: str, layers_per_block: int) -> str:
 
 
 def vae_key(key: str, levels: int) -> str:
-    """One sgm VAE key (`encoder.`/`decoder.`/`quant_conv.` prefixed) -> diffusers key (§4.4)."""
+    """One sgm VAE key (`encoder.`/`decoder.`/`quant_conv.` prefixed) -> diffusers key
+    (docs/svd.md §6.4)."""
     part, rest = key.split(".", 1)
     if part == "quant_conv":
         return key
@@ -126,7 +129,7 @@ def vae_key(key: str, levels: int) -> str:
 
 
 def clip_keys(key: str, tensor: torch.Tensor, hidden: int) -> list[tuple[str, torch.Tensor]]:
-    """One OpenCLIP visual key (prefix stripped) -> [(HF key, tensor)] (§4.5)."""
+    """One OpenCLIP visual key (prefix stripped) -> [(HF key, tensor)] (docs/svd.md §6.5)."""
     if key == "proj":
         return [("visual_projection.weight", tensor.t().contiguous())]  # stored (C, proj)
     if m := re.match(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", key):

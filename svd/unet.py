@@ -21,7 +21,7 @@ which `attention/` installs processors.
 
 Shapes: B videos, F frames, C channels, H/W latent size, S = H*W. Frames are folded into the
 batch (B*F) everywhere except inside the temporal layers. Checked against diffusers 0.42.1
-(tests/test_unet.py), see shared/docs/svd.md §1.
+(tests/test_unet.py), see docs/svd.md §1.
 """
 
 import torch
@@ -95,7 +95,7 @@ class VideoTransformer(nn.Module):
 
     spatial = SpatialBlock(tokens); temporal = TemporalBlock(spatial + frame-position embedding);
     out = mix(spatial, temporal). The frame position (0..F-1, restarting for every video) is only
-    added on the temporal path (shared/docs/svd.md §7 #2, #13).
+    added on the temporal path (docs/svd.md §7 #3, #5).
     """
 
     def __init__(self, dim: int, heads: int, context_dim: int):
@@ -202,7 +202,7 @@ class UNet(nn.Module):
         self.down_blocks = nn.ModuleList()
         for i in range(levels):
             # diffusers hard-codes GN eps 1e-6 in the cross-attention down blocks and uses 1e-5
-            # in the attention-free one (shared/docs/svd.md §1.6).
+            # in the attention-free one (docs/svd.md §1.6).
             self.down_blocks.append(DownBlock(
                 chs[max(i - 1, 0)], chs[i], temb, cfg.layers_per_block,
                 cfg.num_attention_heads[i], ctx, cfg.attention_levels[i],

@@ -16,8 +16,8 @@ format loads with a strict `load_state_dict`; svd/weights.py maps the single-fil
 Shapes: B videos, F frames, C channels, H/W pixel size, h/w latent size (H/8, W/8), S = h*w
 (both attentions run at latent resolution), N images (frames or stills). Frames are folded into
 the batch (B*F) except inside the temporal layers.
-Checked against diffusers 0.42.1 on random weights (tests/test_vae.py); see shared/docs/svd.md
-§2 (architecture) and §5.7 (chunked decoding).
+Checked against diffusers 0.42.1 on random weights (tests/test_vae.py); see docs/svd.md §2
+(architecture) and docs/svd.md §2.4 (chunked decoding).
 """
 
 import torch
@@ -103,7 +103,7 @@ class Encoder(nn.Module):
 
 def video_resblock(in_ch: int, out_ch: int) -> VideoResBlock:
     # Spatial GroupNorm eps 1e-6, temporal 1e-5; the decoder was trained with the blend weight
-    # on the temporal path (svd.md §7 #1), hence sigmoid_weights_temporal.
+    # on the temporal path (docs/svd.md §7 #4), hence sigmoid_weights_temporal.
     return VideoResBlock(in_ch, out_ch, None, eps=1e-6, temporal_eps=1e-5,
                          sigmoid_weights_temporal=True)
 
@@ -195,7 +195,7 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W) in [-1, 1] -> posterior mean (N, 4, h, w), unscaled.
 
-        SVD conditions on the mode, never on a posterior sample (svd.md §5.3)."""
+        SVD conditions on the mode, never on a posterior sample (docs/svd.md §2.2, §4.2)."""
         return self.posterior(x)[0]
 
     def decode(self, z: torch.Tensor, num_frames: int, chunk_size: int | None = None
@@ -208,7 +208,7 @@ class VAE(nn.Module):
         is diffusers' `decode_chunk_size` and sgm's `decoding_t`, and it is *not* the same
         function as unchunked decoding: the temporal GroupNorm statistics, the temporal
         convolutions and `time_conv_out` only see the frames of the chunk, zero-padded at its
-        edges (svd.md §5.7). For one video this equals the diffusers pipeline exactly; for
+        edges (docs/svd.md §2.4). For one video this equals the diffusers pipeline exactly; for
         several videos with F not a multiple of chunk_size the pipeline's chunks would straddle
         videos, which is not reproduced here.
         """

@@ -1,17 +1,17 @@
 """Loading the official SVD weights, strictly, without diffusers.
 
-Two formats (shared/docs/svd.md §4):
+Two formats (docs/svd.md §6):
 
 (a) a diffusers folder (`stabilityai/stable-video-diffusion-img2vid[-xt]`): `unet/`, `vae/`,
     `image_encoder/`, each with a `config.json` and a safetensors file (the fp32 file or the
     `fp16` variant). Our module names are the diffusers names, so this is a plain strict load.
 (b) a single `svd.safetensors` / `svd_xt.safetensors` (Stability's sgm names). It goes through the
-    rename rules of svd/single_file.py:
-      U-Net  `model.diffusion_model.*`                       pure renames (§4.3)
+    rename rules of svd/single_file.py (docs/svd.md §6.3, §6.4, §6.5, in this order):
+      U-Net  `model.diffusion_model.*`                       pure renames
       VAE    `first_stage_model.decoder.*`                   decoder, renames; attention 1x1 convs
-             `conditioner.embedders.3.encoder.{encoder,quant_conv}.*`   squeezed to linears (§4.4)
+             `conditioner.embedders.3.encoder.{encoder,quant_conv}.*`   squeezed to linears
       CLIP   `conditioner.embedders.0.open_clip.model.visual.*`   renames; fused in_proj split into
-                                                             q/k/v thirds; `proj` transposed (§4.5)
+                                                             q/k/v thirds; `proj` transposed
     Keys the file carries that SVD never uses are skipped on purpose (`IGNORED_PREFIXES`: the
     OpenCLIP text-tower leftovers, the first stage's duplicate encoder, the conditioner's 2-D
     decoder); any other unknown key is an error.

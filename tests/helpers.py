@@ -22,7 +22,7 @@ def randomize_(module: nn.Module, seed: int, std: float = 0.15) -> nn.Module:
 
 
 def read_key_table(filename: str) -> dict[str, list[int]]:
-    """`key<TAB>[d0, d1, ...]` lines of shared/svd-keys/diffusers_*.tsv -> {key: shape}."""
+    """`key<TAB>[d0, d1, ...]` lines of tests/data/diffusers_*.tsv -> {key: shape}."""
     table = {}
     for line in (DATA / filename).read_text().splitlines():
         if line.startswith("#") or not line.strip():

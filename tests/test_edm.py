@@ -1,6 +1,6 @@
 """EDM schedule, preconditioning, Euler sampler, inverters and training-noise distribution.
 
-Oracles: the numbers printed in shared/docs/svd.md §5.2 and i2vedit-reference.md §2.4, diffusers'
+Oracles: the numbers printed in docs/svd.md §5.2 and docs/method.md §3.4, diffusers'
 `EulerDiscreteScheduler` configured as SVD's scheduler_config.json, and the closed-form optimal
 denoiser of Gaussian data (so the only error in a round trip is the inverter's).
 """
@@ -49,7 +49,7 @@ def round_trip_table() -> dict[str, dict[int, float]]:
 
 def svd_scheduler(steps):
     from diffusers import EulerDiscreteScheduler
-    scheduler = EulerDiscreteScheduler(  # the release's scheduler_config.json (svd.md §5.2)
+    scheduler = EulerDiscreteScheduler(  # the release's scheduler_config.json (docs/svd.md §5.2)
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="v_prediction", interpolation_type="linear", use_karras_sigmas=True,
         sigma_min=0.002, sigma_max=700.0, timestep_spacing="leading", timestep_type="continuous",
@@ -65,7 +65,7 @@ def test_karras_schedule_matches_spec_and_diffusers():
     assert sigmas.shape == (26,) and sigmas.dtype == torch.float32 and sigmas[-1] == 0
     spec = {0: "700", 1: "545.729", 5: "182.547", 12: "15.590", 20: "0.157", 23: "0.00788",
             24: "0.002"}
-    for i, printed in spec.items():        # svd.md §5.2: equal to the digits printed there
+    for i, printed in spec.items():        # docs/svd.md §5.2: equal to the digits printed there
         decimals = len(printed.split(".")[1]) if "." in printed else 0
         assert round(sigmas[i].item(), decimals) == float(printed), (i, sigmas[i])
     scheduler = svd_scheduler(25)
@@ -80,7 +80,7 @@ def test_karras_schedule_matches_spec_and_diffusers():
 
 
 def test_preconditioning_values():
-    c_skip, c_out, c_in, c_noise = v_preconditioning(torch.tensor(700.0))   # svd.md §5.1 table
+    c_skip, c_out, c_in, c_noise = v_preconditioning(torch.tensor(700.0))   # docs/svd.md §5.1
     assert math.isclose(c_in.item(), 1.4286e-3, rel_tol=1e-4)
     assert math.isclose(c_skip.item(), 2.0408e-6, rel_tol=1e-4)
     assert math.isclose(c_out.item(), -0.999999, rel_tol=1e-6)
@@ -162,7 +162,7 @@ def test_inversion_sigmas_continue_geometrically():
     inv = inversion_sigmas(sigmas)
     assert torch.equal(inv[:-1], sigmas[:-1])
     assert math.isclose(inv[-1].item(), (sigmas[-2] ** 2 / sigmas[-3]).item(), rel_tol=1e-6)
-    assert math.isclose(inv[-1].item(), 5.07e-4, rel_tol=1e-3)   # i2vedit-reference.md §3.1
+    assert math.isclose(inv[-1].item(), 5.07e-4, rel_tol=1e-3)   # docs/method.md §4.1
     assert sigmas[-1] == 0                     # the sampling schedule is untouched
 
 
@@ -225,7 +225,7 @@ def test_exact_inversion_stops_early():
 
 def test_training_sigma_formula():
     # Ends are exact by construction; interior values are the quantiles quoted in
-    # i2vedit-reference.md §2.4 (the q-quantile of sigma sits at u = 1 - q: sigma falls with u).
+    # docs/method.md §3.4 (the q-quantile of sigma sits at u = 1 - q: sigma falls with u).
     sigma = training_sigma(torch.tensor([0.0, 1.0]))
     assert math.isclose(sigma[0].item(), 700.0, rel_tol=1e-6)
     assert math.isclose(sigma[1].item(), 0.002, rel_tol=1e-6)

@@ -1,7 +1,7 @@
 """Long videos clip by clip (edit.py, attention/, train.py), on tiny random weights (CPU, fp32)
 and, for reconstruction, on the shipped demo model.
 
-- Every accepted --overlap: the clips of svd/media.split_clips, the chain of edit_video (the
+- Every accepted --overlap: the clips of `split_clips` (svd/media.py), the chain of edit_video (the
   frame and latent `handover` gives clip k are clip k-1's edit of clip k's first frame) and which
   clip writes each output frame; overlap 0 and overlap >= F are one error.
 - The unconditional branch of an edit pass is the plain U-Net (but for skip-interval K/V).

@@ -18,7 +18,7 @@ from svd.unet import UNet
 from tests.helpers import randomize_
 from tests.test_unet import diffusers_tiny_unet
 
-# The 12 nn.Linear layers of one temporal transformer block (shared/docs/i2vedit.md §2).
+# The 12 nn.Linear layers of one temporal transformer block (docs/method.md §3.1).
 SUFFIXES = ["ff_in.net.0.proj", "ff_in.net.2",
             "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
             "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",

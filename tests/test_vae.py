@@ -1,5 +1,5 @@
 """VAE: structure at the released size, numerical parity with diffusers on random weights, and
-chunked decoding (shared/docs/svd.md §2, §5.7)."""
+chunked decoding (docs/svd.md §2, §2.4)."""
 
 from pathlib import Path
 

@@ -45,7 +45,7 @@ MAPS = {"unet": "map_unet_sgm_to_diffusers.tsv", "vae": "map_vae_sgm_to_diffuser
 # --------------------------------------------------------------------------------------------
 
 def write_single_file(path: Path, folder: Path) -> None:
-    """The inverse of the official key map (shared/svd-keys/map_*.tsv, ground truth built from
+    """The inverse of the official key map (tests/data/map_*.tsv, ground truth built from
     the real classes), applied to a diffusers folder: what `svd.safetensors` would hold."""
     files = {"unet": folder / "unet/diffusion_pytorch_model.safetensors",
              "vae": folder / "vae/diffusion_pytorch_model.safetensors",
