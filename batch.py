@@ -44,7 +44,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from edit import EditConfig, check_config, check_inputs, read_inputs, run_edit
+from configs import EditConfig
+from edit import check_config, check_inputs, read_inputs, run_edit
 from lora import LoRAError, lora_layers, remove_lora
 from svd.media import InputError, atomic_write
 from svd.weights import SVD, WeightsError, find_weights, load_svd

@@ -4,16 +4,10 @@ For each clip of the source video, a rank-32 LoRA on every nn.Linear of SVD's te
 transformer blocks learns to denoise that clip, conditioned on its own first frame. At edit time
 (edit.py) the LoRA carries the clip's motion while the edited first frame brings the appearance.
 
-Training, per step (batch = the whole clip, latents encoded once and cached):
-    sigma ~ the interpolated-cosine log-SNR distribution (edm.sample_training_sigmas)
-    x_sigma = x0 + sigma * eps
-    x0_hat  = c_skip x_sigma + c_out F(c_in x_sigma ++ z_img, 0.25 ln sigma)   (svd/sampling.py)
-    loss    = mean( (sigma^2 + 1) / sigma^2 * (x0_hat - x0)^2 )
-with z_img the VAE latent of the first frame plus fresh 0.02 noise (pixel space, as SVD) and the
-ids [fps - 1, motion bucket, noise aug] in that order (the reference's training script swaps the
-last two, a quirk of the community script it came from; the U-Net was trained on this order).
-Clips after the first attend to clip 0's temporal K/V (skip-interval), taken from clip 0's
-source inversion at the step whose sigma is nearest to the drawn one.
+This file is the entry point: the flags (`TrainConfig`, configs.py), the clips, the run folder
+and `--resume`. The training loop and its loss, `train_motion_lora` with its checkpoints, are in
+motion_lora.py; clip 0's source inversion, which later clips train against (skip-interval), is
+source.py's `record_source`, as edit.py records it.
 
     python train.py --video in.mp4 --weights W                  # one LoRA per clip, in a run folder
     python train.py --resume runs/20261124-101500               # continue an interrupted run
@@ -24,255 +18,21 @@ optimizer and RNG states; safetensors, never pickle), both written atomically.
 """
 
 import json
-import os
 import sys
-import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
-import safetensors.torch
 import torch
-from tqdm import tqdm
 
-from attention import Branch, SkipIntervalKV, StepState, attention_layers, installed
-from edm import edm_loss_weight, inversion_sigmas, karras_sigmas, sample_training_sigmas
-from edit import EditConfig, SkipInterval, record_source
-from lora import (LoRAError, add_lora, export_single_file, is_temporal_transformer_linear,
-                  load_lora_state_dict, lora_layers, lora_parameters, lora_state_dict, remove_lora,
-                  save_lora)
-from svd.cli import build_parser, knob
-from svd.conditioning import Conditions, encode_conditions
-from svd.latents import encode_video
+from attention import StepState
+from configs import TrainConfig
+from lora import LoRAError
+from motion_lora import train_motion_lora
+from source import SkipInterval, SourceConfig, record_source
+from svd.cli import build_parser
 from svd.media import (Fit, InputError, atomic_write, check_overlap, check_resolution,
                        load_video, make_run_dir, probe_video, resolve_size, split_clips)
-from svd.sampling import v_denoise
-from svd.single_file import unet_transformer_path_to_sgm
-from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
-
-
-@dataclass
-class TrainConfig:
-    video: str = knob("", "source video (any container/codec PyAV reads)")
-    weights: str = knob("", "diffusers folder or svd*.safetensors (default: Hugging Face cache)")
-    out_dir: str = knob("runs", "each run writes a timestamped folder here")
-    resume: str = knob("", "run folder of an interrupted run: continue it with its config")
-    # the clips, as edit.py cuts them
-    sample_fps: float = knob(2.5, "frames per second taken from the video")
-    start_t: float = knob(0.0, "first second of the video used")
-    end_t: float = knob(0.0, "last second used; 0 = to the end")
-    num_frames: int = knob(14, "frames per clip F", minimum=1)
-    overlap: int = knob(1, "frames shared by consecutive clips", minimum=1)
-    max_clips: int = knob(0, "train at most this many clips; 0 = all", minimum=0)
-    height: int = knob(0, "training height; 0 = as edit.py: the video's aspect ratio at the "
-                          "model's own area (the reference trains at 512x896, edits at 576x1024)",
-                       minimum=0)
-    width: int = knob(0, "training width; 0 = as --height says", minimum=0)
-    fit: str = knob("crop", "crop | pad: how frames of another aspect ratio are brought to size")
-    # the adapter and its optimiser (docs/method.md §3.2)
-    rank: int = knob(32, "LoRA rank r", minimum=1)
-    dropout: float = knob(0.1, "dropout on the adapter input (reference: 0.1, after lora_up)")
-    steps: int = knob(250, "optimisation steps per clip (the paper's results use 250)",
-                       minimum=1)
-    lr: float = knob(5e-4, "AdamW learning rate")
-    weight_decay: float = knob(1e-2, "AdamW weight decay")
-    # conditioning, as in every phase (edit.py)
-    fps: int = knob(7, "frame rate id given to the model (it sees fps - 1)")
-    motion_bucket_id: int = knob(127, "SVD's motion conditioning")
-    noise_aug_strength: float = knob(0.02, "pixel noise on the conditioning image")
-    # skip-interval: clip 0's source K/V on the editing schedule
-    steps_inversion: int = knob(25, "N of the schedule on which clip 0's K/V are recorded",
-                                 minimum=1)
-    no_skip_interval: bool = knob(False, "later clips do not attend to clip 0 while training")
-    skip_interval_kv: str = knob("recompute", "recompute | memory: clip 0's K/V rerun per step "
-                                              "(one forward more per step) or all kept")
-    # runtime
-    checkpoint_every: int = knob(50, "write a resumable checkpoint every this many steps",
-                                  minimum=1)
-    export_single_file: bool = knob(False, "also write each LoRA in single-file (sgm) naming")
-    no_gradient_checkpointing: bool = knob(False, "keep activations (faster, more memory)")
-    encode_chunk_size: int = knob(4, "frames the VAE encodes together; 0 = all (same latents)",
-                                  minimum=0)
-    seed: int = knob(23, "random seed")
-    dtype: str = knob("bfloat16" if torch.cuda.is_available() else "float32",
-                      "base weights: float32 | bfloat16 | float16 (adapters stay float32)")
-    device: str = knob("cuda" if torch.cuda.is_available() else "cpu", "cpu | cuda")
-
-    @classmethod
-    def from_edit(cls, cfg: EditConfig) -> "TrainConfig":
-        """The training settings of `edit.py --train`: the edit's clips, conditioning and
-        schedule, with its --train-steps, --lora-rank, --lora-lr and --no-gradient-checkpointing."""
-        return cls(steps=cfg.train_steps, rank=cfg.lora_rank, lr=cfg.lora_lr, fps=cfg.fps,
-                   no_gradient_checkpointing=cfg.no_gradient_checkpointing,
-                   motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
-                   seed=cfg.seed, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
-                   sample_fps=cfg.sample_fps, steps_inversion=cfg.steps,
-                   skip_interval_kv=cfg.skip_interval_kv, overlap=cfg.overlap, fit=cfg.fit,
-                   encode_chunk_size=cfg.encode_chunk_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: adapter + AdamW + RNG states in one safetensors file
-# ---------------------------------------------------------------------------------------------
-
-def save_checkpoint(path: Path, unet, optimizer, generator: torch.Generator, step: int,
-                    losses: list[float], scaler=None) -> None:
-    """Everything needed to continue bit for bit: the adapters, AdamW's moments and step
-    counts, the sampling generator, the global RNGs (dropout) and the losses so far."""
-    tensors = dict(lora_state_dict(unet))
-    params = lora_parameters(unet)
-    for i, p in enumerate(params):
-        for name, value in optimizer.state.get(p, {}).items():
-            tensors[f"optimizer.{i}.{name}"] = value
-    tensors["rng.generator"] = generator.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
-    metadata = {"step": str(step), "scaler": json.dumps(scaler.state_dict() if scaler else {})}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                                    tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: Path, unet, optimizer, generator: torch.Generator, scaler=None
-                    ) -> tuple[int, list[float]]:
-    """Restore what save_checkpoint wrote; return (step, losses)."""
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    load_lora_state_dict(unet, {k: v for k, v in tensors.items() if k.startswith("unet.")})
-    params = lora_parameters(unet)
-    state = optimizer.state_dict()
-    for i, p in enumerate(params):
-        moments = {k.split(".")[-1]: v for k, v in tensors.items()
-                   if k.startswith(f"optimizer.{i}.")}
-        if moments:
-            state["state"][i] = moments
-    optimizer.load_state_dict(state)
-    generator.set_state(tensors["rng.generator"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    if scaler is not None and json.loads(metadata["scaler"]):
-        scaler.load_state_dict(json.loads(metadata["scaler"]))
-    return int(metadata["step"]), tensors["losses"].tolist()
-
-
-# ---------------------------------------------------------------------------------------------
-# The training loop of one clip
-# ---------------------------------------------------------------------------------------------
-
-def nearest_step(sigma: torch.Tensor, sigmas_inv: torch.Tensor) -> int:
-    """The editing step s whose inversion record was computed nearest to sigma (in log sigma).
-    Inversion step s evaluates the U-Net at sigmas_inv[s + 1] (edm/invert.py)."""
-    lower_ends = sigmas_inv[1:].to(sigma)
-    return int((lower_ends.log() - sigma.log()).abs().argmin())
-
-
-def train_motion_lora(svd: SVD, frames: torch.Tensor, clip: int, cfg: TrainConfig,
-                      skip: SkipInterval | None = None, out_path: Path | None = None,
-                      base_model: str = "",
-                      resume: bool = False, progress: bool = True) -> dict[str, torch.Tensor]:
-    """frames (F, 3, H, W) in [-1, 1] of clip `clip` -> its LoRA state dict (peft naming).
-
-    Adds fresh adapters (replacing any), trains them, writes `out_path` (+ a checkpoint beside
-    it every cfg.checkpoint_every steps; with `resume`, continues from that checkpoint).
-    `skip` gives clip 0's source K/V (edit.SkipInterval, from the inversion); given and clip > 0,
-    temporal self-attention joins them (rerunning clip 0's source pass of the step if the store
-    keeps one step only).
-    """
-    unet, device = svd.unet, frames.device
-    unet.requires_grad_(False)
-    if lora_layers(unet):
-        remove_lora(unet)
-    torch.manual_seed(cfg.seed + clip)                     # the adapters' normal init
-    add_lora(unet, is_temporal_transformer_linear, cfg.rank, cfg.dropout)
-    params = lora_parameters(unet)
-    for p in params:                                       # fp32 adapters on any base dtype
-        p.data = p.data.float()
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    half = next(unet.parameters()).dtype == torch.float16
-    scaler = torch.amp.GradScaler(device.type) if half else None  # fp16 gradients underflow
-    generator = torch.Generator().manual_seed(cfg.seed + 1000 * clip)
-
-    # Cached: the clip's latents and the first frame's CLIP embedding (both fixed).
-    latents = encode_video(svd, frames, cfg.encode_chunk_size)              # (1, F, 4, h, w)
-    first = frames[:1]                                                      # (1, 3, H, W)
-    cond = encode_conditions(svd.clip, svd.vae, first, cfg.fps, cfg.motion_bucket_id,
-                             cfg.noise_aug_strength, None)
-    vae_dtype = next(svd.vae.parameters()).dtype
-
-    state = StepState(clip=clip, branch=Branch.SOURCE)
-    procs = {}
-    if skip is not None and clip > 0:
-        procs = {name: SkipIntervalKV(skip.kv, state) for name, layer in
-                 attention_layers(unet).items() if layer.temporal and layer.self_attention}
-    sigmas_inv = inversion_sigmas(karras_sigmas(cfg.steps_inversion))
-
-    checkpoint = out_path.with_name(f"checkpoint-{out_path.stem}.safetensors") if out_path else None
-    start, losses = 0, []
-    if resume and checkpoint is not None and checkpoint.is_file():
-        start, losses = load_checkpoint(checkpoint, unet, optimizer, generator, scaler)
-
-    unet.train()                                           # dropout on
-    unet.gradient_checkpointing = not cfg.no_gradient_checkpointing
-    try:
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
-                   desc=f"motion LoRA clip {clip}", disable=not progress)
-        for step in bar:
-            sigma = sample_training_sigmas(1, generator)[0].to(device)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            aug = torch.randn(first.shape, generator=generator).to(device)
-            # encode_conditions' image latent, with fresh augmentation noise every step
-            with torch.no_grad():
-                image_latent = svd.vae.encode(
-                    (first + cfg.noise_aug_strength * aug).to(vae_dtype)).float()
-            step_cond = Conditions(cond.context, image_latent, cond.added_ids)
-            state.step = nearest_step(sigma, sigmas_inv)   # the only writer of the step state
-            if procs:
-                skip.refill(clip, state.step)              # clip 0's K/V of that step
-            optimizer.zero_grad(set_to_none=True)
-            # Backward inside the block too: gradient checkpointing reruns the attention there.
-            with installed(unet, procs):
-                x0_hat = v_denoise(unet, latents + sigma * noise, sigma, step_cond)
-                loss = (edm_loss_weight(sigma) * (x0_hat - latents) ** 2).mean()
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            done = step + 1
-            if checkpoint is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                save_checkpoint(checkpoint, unet, optimizer, generator, done, losses, scaler)
-    finally:
-        unet.eval()
-        unet.gradient_checkpointing = False
-        for p in params:
-            p.requires_grad_(False)
-
-    if out_path is not None:
-        H, W = frames.shape[-2:]
-        save_lora(out_path, unet, metadata={
-            "base_model": base_model, "clip_index": str(clip), "frames": str(len(frames)),
-            "fps": str(cfg.fps), "sample_fps": str(cfg.sample_fps), "resolution": f"{H}x{W}",
-            "steps": str(cfg.steps), "losses_first_last": json.dumps([losses[0], losses[-1]])})
-        if cfg.export_single_file:
-            layers = svd.config.unet.layers_per_block
-            single = export_single_file(lora_state_dict(unet), lambda p: "diffusion_model."
-                                        + unet_transformer_path_to_sgm(p, layers))
-            path = out_path.with_name(f"{out_path.stem}_single_file.safetensors")
-            atomic_write(path, lambda tmp: safetensors.torch.save_file(
-                {k: v.contiguous() for k, v in single.items()}, tmp))
-    return {k: v.clone() for k, v in lora_state_dict(unet).items()}
+from svd.weights import WeightsError, base_model_id, find_weights, load_svd
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     if skip is not None:
         # Clip 0's source inversion on the editing schedule, as edit.py records it: its K/V
         # (MEMORY) or its trajectory, to rerun its source pass of any step (RECOMPUTE).
-        edit_cfg = EditConfig(steps=cfg.steps_inversion, fps=cfg.fps, seed=cfg.seed,
-                              motion_bucket_id=cfg.motion_bucket_id,
-                              noise_aug_strength=cfg.noise_aug_strength)
+        source_cfg = SourceConfig(steps=cfg.steps_inversion, fps=cfg.fps,
+                                  motion_bucket_id=cfg.motion_bucket_id,
+                                  noise_aug_strength=cfg.noise_aug_strength)
         generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
-        record_source(svd, video[clips[0]], 0, StepState(), edit_cfg, skip, generator)
+        record_source(svd, video[clips[0]], 0, StepState(), source_cfg, skip, generator)
 
     for k, c in enumerate(clips):
         out = run / "lora" / f"clip{k}.safetensors"

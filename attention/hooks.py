@@ -6,7 +6,8 @@ dotted `.name` (svd/layers.py's `Attention`). Its forward projects q/k/v, splits
 changes. This file knows nothing about I2VEdit:
 
 - `StepState` is the sampling loop's clock: which clip, which step, which branch is being run.
-  It has one writer, the denoise closure in edit.py (or the training loop); processors only read.
+  It has one writer, the denoise closure of the pass (source.py, refine.py, or the training loop
+  in motion_lora.py); processors only read.
 - `LayerInfo` is what method code may know about a layer: its name, spatial or temporal, self or
   cross attention, its group (down, mid, up) and its position among the layers of the same kind
   in that group. Positions come from registration order, which equals execution order in our

@@ -1,5 +1,5 @@
 """Which processor each self-attention layer gets in I2VEdit's passes (docs/method.md
-§4-§6). edit.py installs these dicts with `installed(model, processors)`.
+§4-§6). source.py and refine.py install these dicts with `installed(model, processors)`.
 
 - Source pass (the inversion, and its per-step rerun while editing): recorders on every
   self-attention layer; on temporal ones also skip-interval K/V when a store is given (clip 0

@@ -2,9 +2,9 @@
 
 Three-clip scenes of the procedural world (demo/world.py rendered for 22 frames: 8-frame clips
 sharing 1 frame) go through edit.main's sequence with the demo's tiny model: split_clips,
-SkipInterval.for_video, record_source per clip, train_motion_lora per clip (TrainConfig.from_edit
+SkipInterval.for_video, record_source per clip, train_motion_lora per clip (configs.train_config
 of the demo settings), then edit_video. The clips' LoRAs are trained once per scene and used by
-both handovers; only `cfg.chain` differs between them (edit.handover):
+both handovers; only `cfg.chain` differs between them (refine.handover):
 
     latent  clip k-1's denoised latent of the shared frame as clip k's image latent, plus
             noise_aug_strength latent noise; CLIP embedding from the decoded frame (reference)
@@ -35,15 +35,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
+from configs import train_config  # noqa: E402
 from demo import world  # noqa: E402
 from demo.pretrain import cpu_name  # noqa: E402
 from demo.evaluate import WEIGHTS, edit_config, scores, to_model, to_numpy  # noqa: E402
-from edit import SkipInterval, edit_video, record_source  # noqa: E402
 from lora import lora_scale  # noqa: E402
+from motion_lora import train_motion_lora  # noqa: E402
+from refine import edit_video  # noqa: E402
+from source import SkipInterval, record_source  # noqa: E402
 from svd.media import split_clips  # noqa: E402
 from svd.sampling import generate_video  # noqa: E402
 from svd.weights import load_svd  # noqa: E402
-from train import TrainConfig, train_motion_lora  # noqa: E402
 
 CLIPS = 3
 OVERLAP = 1
@@ -90,7 +92,7 @@ def run_scene(svd, seed: int, args) -> list[dict]:
     sources = [record_source(svd, video[c], k, state, cfg, skip, generator)
                for k, c in enumerate(clips)]
     t1 = time.time()
-    tcfg = TrainConfig.from_edit(cfg)
+    tcfg = train_config(cfg)
     loras = [train_motion_lora(svd, video[c], k, tcfg, skip, progress=False)
              for k, c in enumerate(clips)]
     t2 = time.time()

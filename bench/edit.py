@@ -20,8 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
-from edit import EditConfig, edit_clip, image_conditions, record_source  # noqa: E402
+from configs import EditConfig  # noqa: E402
 from lora import add_lora, is_temporal_transformer_linear  # noqa: E402
+from refine import edit_clip, image_conditions  # noqa: E402
+from source import record_source  # noqa: E402
 from svd.clip import CLIPVisionEncoder  # noqa: E402
 from svd.config import SVDConfig  # noqa: E402
 from svd.latents import decode_latents  # noqa: E402

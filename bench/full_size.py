@@ -3,17 +3,15 @@
     python bench/full_size.py                         # CPU: 64x128, 14 frames, 2 clips, bf16
     python bench/full_size.py --device cuda --height 576 --width 1024
 
-A synthetic 27-frame video (no file I/O) cut into 2 clips of 14 frames sharing one frame;
-per clip: inversion (float32 by default, skip-interval K/V of clip 0 recomputed for clip 1),
-motion-LoRA training (2 steps, rank 32, gradient checkpointing), edit (2 steps: source +
-uncond + cond passes with the attention processors; clip 1 joins clip 0's K/V and starts from
-clip 0's handed-over frame), decode (chunk 14). Prints wall time and peak memory per phase
-(CPU: VmHWM above the RSS before the phase, high-water mark reset per phase; CUDA:
-max_memory_allocated and the process's reserved memory), the CPU model and thread count.
+A synthetic video of two clips sharing one frame, through edit.py's flow as bench/memory.py
+runs it (`flow`: inversion of both clips in float32 with clip 0's skip-interval K/V recomputed
+for clip 1, motion-LoRA training per clip with gradient checkpointing, the edit of the chain,
+decode). Prints, per phase, wall time and peak memory (CPU: the process's resident high-water
+mark, VmHWM, reset at each phase; CUDA: max_memory_allocated), whether the frames are finite,
+the CPU model and thread count or the GPU's name.
 """
 
 import argparse
-import gc
 import sys
 import time
 from pathlib import Path
@@ -22,28 +20,50 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attention import StepState  # noqa: E402
-from bench.memory import peak_of, phase_decode, phase_invert, phase_train, status, \
-    synthetic_video  # noqa: E402
+from bench.memory import flow, synthetic_clips  # noqa: E402
 from bench.random_svd import random_svd  # noqa: E402
 from demo.pretrain import cpu_name  # noqa: E402
-from edit import EditConfig, SkipInterval, edit_clip, handover, image_conditions  # noqa: E402
-from lora import load_lora_state_dict  # noqa: E402
+
+GiB = 2 ** 30
 
 
-def timed(device: str, fn):
-    """(result, peak bytes above the start, seconds): VmHWM on the CPU, the allocator on CUDA."""
-    if device == "cpu":
-        out, peak, _, sec = peak_of(fn)
-        return out, peak, sec
-    gc.collect()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    start = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return out, torch.cuda.max_memory_allocated() - base, time.perf_counter() - start
+def resident(key: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+class PhaseClock:
+    """`switch(name)` ends the phase running (its time and peak are printed) and starts `name`."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.name, self.start = None, 0.0
+        self.rows: dict[str, list[float]] = {}
+
+    def _peak(self) -> int:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return resident("VmHWM")
+
+    def _reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")                                 # VmHWM := VmRSS
+
+    def switch(self, name: str | None) -> None:
+        now = time.perf_counter()
+        if self.name is not None:
+            sec, peak = now - self.start, self._peak()
+            row = self.rows.setdefault(self.name, [0.0, 0])
+            row[0], row[1] = row[0] + sec, max(row[1], peak)
+            print(f"  {self.name:22s} {sec:8.1f} s   peak {peak / GiB:6.2f} GiB", flush=True)
+        self.name, self.start = name, time.perf_counter()
+        self._reset()
 
 
 def main():
@@ -54,64 +74,26 @@ def main():
     parser.add_argument("--frames", type=int, default=14)
     parser.add_argument("--steps", type=int, default=2, help="inversion/edit steps")
     parser.add_argument("--train-steps", type=int, default=2)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     args = parser.parse_args()
-    dev, F = args.device, args.frames
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    where = torch.cuda.get_device_name() if dev == "cuda" else f"{cpu_name()}, {threads} threads"
+    dev = args.device
+    where = (torch.cuda.get_device_name() if dev.startswith("cuda")
+             else f"{cpu_name()}, {torch.get_num_threads()} threads")
     print(f"full-size smoke: released architecture, random weights, {args.dtype}, "
-          f"{args.height}x{args.width}, {F} frames x 2 clips, {args.steps} steps, "
+          f"{args.height}x{args.width}, {args.frames} frames x 2 clips, {args.steps} steps, "
           f"{args.train_steps} LoRA steps; {where}", flush=True)
-    rows = []
-
-    def report(name, peak, sec):
-        rows.append((name, peak, sec))
-        print(f"  {name:28s} {sec:8.1f} s   peak +{peak / 2**30:6.2f} GiB", flush=True)
-
     start = time.perf_counter()
     svd = random_svd(getattr(torch, args.dtype), dev, seed=0)
-    rss = status("VmRSS") if dev == "cpu" else torch.cuda.memory_allocated()
-    report(f"weights ({'RSS' if dev == 'cpu' else 'allocated'} {rss / 2**30:.2f} GiB)", 0,
-           time.perf_counter() - start)
-
-    video = synthetic_video(2 * F - 1, args.height, args.width).to(dev)
-    clips = [video[:F], video[F - 1:]]
-    cfg = EditConfig(steps=args.steps, num_frames=F, height=args.height, width=args.width,
-                     dtype=args.dtype, device=dev)
-    skip = SkipInterval.for_video(cfg.skip_interval_kv, 2)
-    state = StepState()
-    sources = []
-    for k in range(2):
-        src, peak, sec = timed(dev, lambda: phase_invert(svd, clips[k], k, state, cfg, skip))
-        sources.append(src)
-        report(f"inversion clip {k} (float32)", peak, sec)
-    loras = []
-    for k in range(2):
-        lora, peak, sec = timed(dev, lambda: phase_train(svd, clips[k], k, True, skip,
-                                                         steps=args.train_steps))
-        loras.append(lora)
-        report(f"LoRA training clip {k} ({args.train_steps} st)", peak, sec)
-    edit_skip = skip.for_edit()
-    generator = torch.Generator(dev).manual_seed(cfg.seed)
-    edited = (clips[0][:1].flip(-1)).contiguous()          # a stand-in "edited" first frame
-    cond = image_conditions(svd, edited, cfg, generator)
-    for k in range(2):
-        latents, peak, sec = timed(dev, lambda: edit_clip(svd, sources[k], cond, state, cfg,
-                                                          edit_skip, None, loras[k]))
-        report(f"edit clip {k}", peak, sec)
-        frames, peak, sec = timed(dev, lambda: phase_decode(svd, latents, cfg.decode_chunk_size))
-        report(f"decode clip {k}", peak, sec)
-        finite = bool(torch.isfinite(frames).all())
-        if k == 0:
-            j = F - cfg.overlap
-            load_lora_state_dict(svd.unet, loras[1])
-            cond = handover(svd, frames[0, j:j + 1] * 2 - 1, latents[:, j], cfg, generator)
-    total = time.perf_counter() - start
-    whole = status("VmHWM") if dev == "cpu" else torch.cuda.max_memory_reserved()
-    print(f"  total {total:.0f} s; skip-interval recompute: {skip.extra_calls} extra U-Net calls "
-          f"(inversion + training), {edit_skip.extra_calls} (edit); frames finite: {finite}; "
-          f"last phase's high-water mark {whole / 2**30:.2f} GiB")
+    held = resident("VmRSS") if not dev.startswith("cuda") else torch.cuda.memory_allocated()
+    print(f"  weights built in {time.perf_counter() - start:.0f} s, "
+          f"{'resident' if not dev.startswith('cuda') else 'allocated'} {held / GiB:.2f} GiB")
+    clips = [c.to(dev) for c in synthetic_clips(2, args.frames, args.height, args.width)]
+    clock = PhaseClock(dev)
+    frames = flow(svd, clips, args.steps, args.train_steps, 4, 14, clock.switch,
+                  without_checkpointing=False)
+    clock.switch(None)
+    print(f"  total {time.perf_counter() - start:.0f} s; {len(frames)} frames, finite: "
+          f"{bool(torch.isfinite(frames).all())}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python bench/inversion_dtype.py --height 64 --width 128 --steps 10
 
 The released SVD architecture with random weights (bench/random_svd.py), stored in bf16 as a
-user's `--dtype bfloat16` run holds them. A synthetic 14-frame clip is inverted by edit.py's
+user's `--dtype bfloat16` run holds them. A synthetic 14-frame clip is inverted by source.py's
 `record_source` (SARP off, so both inversions see the same frames) and sampled back from the
 inverted latent with the same Euler schedule and the same conditional denoiser (no guidance):
 the round trip an edit with the unedited frame would make. Three ways:
@@ -29,11 +29,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
-from bench.memory import synthetic_video  # noqa: E402
+from bench.memory import synthetic_clips  # noqa: E402
 from bench.random_svd import random_svd  # noqa: E402
 from demo.pretrain import cpu_name  # noqa: E402
-from edit import EditConfig, record_source, weights_in  # noqa: E402
+from configs import EditConfig  # noqa: E402
 from edm import karras_sigmas, sample_euler  # noqa: E402
+from source import record_source, weights_in  # noqa: E402
 from svd.latents import encode_video  # noqa: E402
 from svd.sampling import v_denoise  # noqa: E402
 
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
           f"{args.frames} frames, {args.steps} steps; {cpu_name()}, {torch.get_num_threads()} "
           "threads", flush=True)
     svd = random_svd(torch.bfloat16, args.device, seed=0)
-    video = synthetic_video(args.frames, args.height, args.width).to(args.device)
+    video = synthetic_clips(1, args.frames, args.height, args.width)[0].to(args.device)
     with weights_in(torch.float32, svd.vae):
         x0 = encode_video(svd, video)                                   # (1, F, 4, h, w)
     sigmas = karras_sigmas(args.steps).to(args.device)

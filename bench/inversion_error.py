@@ -56,7 +56,7 @@ def unet_table():
     from svd.conditioning import Conditions
     from svd.config import UNetConfig
     from svd.unet import UNet
-    from tests.helpers import randomize_
+    from bench.oracles import randomize_
 
     unet = randomize_(UNet(UNetConfig.tiny()).eval(), seed=0, std=0.05)
     cond = Conditions(torch.randn(1, 1, 32), torch.randn(1, 4, 16, 16),

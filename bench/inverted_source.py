@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attention import StepState  # noqa: E402
 from demo import world  # noqa: E402
 from demo.evaluate import WEIGHTS, edit_config, to_model  # noqa: E402
-from edit import record_source  # noqa: E402
+from source import record_source  # noqa: E402
 from svd.latents import encode_video  # noqa: E402
 from svd.weights import WeightsError, load_svd  # noqa: E402
 

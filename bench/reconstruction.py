@@ -22,15 +22,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
-from edit import EditConfig, edit_clip, image_conditions, record_source  # noqa: E402
+from configs import EditConfig, TrainConfig  # noqa: E402
 from edm import karras_sigmas, sample_euler  # noqa: E402
 from lora import load_lora_state_dict, lora_scale, set_lora_scale  # noqa: E402
+from motion_lora import train_motion_lora  # noqa: E402
+from refine import edit_clip, image_conditions  # noqa: E402
+from source import record_source  # noqa: E402
 from svd.conditioning import encode_conditions  # noqa: E402
 from svd.config import SVDConfig  # noqa: E402
 from svd.latents import decode_latents, encode_video  # noqa: E402
 from svd.sampling import frame_guidance, guided_denoiser  # noqa: E402
 from svd.weights import load_svd  # noqa: E402
-from train import TrainConfig, train_motion_lora  # noqa: E402
 
 
 def moving_square(frames: int, size: int) -> torch.Tensor:
@@ -118,7 +120,7 @@ def main(argv=None) -> None:
     if args.weights:
         svd = load_svd(args.weights)
     else:
-        from tests.helpers import save_oracle_folder
+        from bench.oracles import save_oracle_folder
         root = Path(tempfile.mkdtemp())
         save_oracle_folder(root, SVDConfig.tiny(), seed=3)
         svd = load_svd(root)

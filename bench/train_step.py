@@ -106,7 +106,7 @@ def main():
         from peft import LoraConfig, inject_adapter_in_model
 
         if args.tiny:
-            from tests.test_unet import diffusers_tiny_unet
+            from bench.oracles import diffusers_tiny_unet
             theirs = diffusers_tiny_unet()
         else:
             theirs = UNetSpatioTemporalConditionModel()

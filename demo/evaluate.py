@@ -42,13 +42,15 @@ import torch
 from PIL import Image
 
 from attention import StepState
+from configs import EditConfig, train_config
 from demo import world
-from edit import EditConfig, edit_video, record_source
 from lora import lora_scale
+from motion_lora import train_motion_lora
+from refine import edit_video
+from source import record_source
 from svd.media import atomic_write
 from svd.sampling import generate_video
 from svd.weights import SVD, WeightsError, load_svd
-from train import TrainConfig, train_motion_lora
 
 WEIGHTS = Path(__file__).parent / "weights"
 MISSING_PENALTY = world.SIZE / 2        # pixels, for a frame where the object is not found
@@ -155,7 +157,8 @@ def scores(frames: np.ndarray, ex: dict) -> dict[str, float]:
 def run_variants(svd: SVD, ex: dict, variants, progress: bool = False, **changes
                  ) -> dict[Variant, np.ndarray]:
     """Each variant's edited clip of example `ex` -> {variant: frames (F, H, W, 3) in [0, 1]}.
-    The source's single clip goes through edit.py's own functions in edit.py's order."""
+    The source's single clip goes through the functions edit.py's run_edit calls, in its order
+    (source.py, motion_lora.py, refine.py)."""
     cfg = edit_config(ex, **changes)
     video = to_model(ex["source"])                         # (F, 3, H, W)
     image = to_model(ex["edited"][:1])                     # (1, 3, H, W): the edited first frame
@@ -174,8 +177,7 @@ def run_variants(svd: SVD, ex: dict, variants, progress: bool = False, **changes
         out[Variant.PLAIN] = to_numpy(frames)
     if set(variants) - {Variant.PLAIN}:
         sources = [source(cfg)]
-        lora = train_motion_lora(svd, video, 0, TrainConfig.from_edit(cfg),
-                                 progress=progress)
+        lora = train_motion_lora(svd, video, 0, train_config(cfg), progress=progress)
         edits = {Variant.FULL: cfg, Variant.NO_TEMPORAL: replace(cfg, no_temporal_selector=True),
                  Variant.LORA: replace(cfg, no_spatial_matching=True, no_temporal_selector=True),
                  Variant.INVERSION: replace(cfg, lora_scale=0.0, no_spatial_matching=True,

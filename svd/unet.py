@@ -135,7 +135,10 @@ class VideoTransformer(nn.Module):
             h = self.time_mixer(spatial=h, temporal=h_temporal)
 
         h = self.proj_out(h)
-        h = h.reshape(BF, H, W, C).permute(0, 3, 1, 2)                      # (B*F, C, H, W)
+        # Contiguous again: left in the permuted (channels-last) strides, the sum below would
+        # hand every following convolution a channels-last input, and the CPU's convolution then
+        # copies its weight to channels-last on every call (bench/NOTES.md, U-Net speed).
+        h = h.reshape(BF, H, W, C).permute(0, 3, 1, 2).contiguous()         # (B*F, C, H, W)
         return h + x
 
 

@@ -11,9 +11,9 @@ from attention import (Branch, DiskStore, Key, MemoryStore, RecordSourceAttentio
                        TemporalAttentionInjection, Use, attention_layers, difference_mask,
                        frame_threshold, installed, temporal_stage)
 from attention.matching import attention_probs, blend_attention
+from bench.oracles import randomize_
 from svd.config import UNetConfig
 from svd.unet import UNet
-from tests.helpers import randomize_
 
 F_ = 3
 

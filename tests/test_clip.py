@@ -3,9 +3,10 @@
 import torch
 from safetensors.torch import load_file, save_file
 
+from bench.oracles import randomize_
 from svd.clip import CLIPVisionEncoder, preprocess
 from svd.config import CLIPConfig
-from tests.helpers import parameter_count, randomize_, read_key_table
+from tests.helpers import parameter_count, read_key_table
 
 
 def test_full_size_structure_matches_released_checkpoint():

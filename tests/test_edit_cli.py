@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.oracles import save_oracle_folder
 from svd.config import SVDConfig
 from svd.media import save_video
-from tests.helpers import save_oracle_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

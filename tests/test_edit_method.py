@@ -1,17 +1,21 @@
 """The edit pipeline on tiny random weights (CPU, fp32): SARP, the three source-attention
 backends giving identical edits, and the clip chain."""
 
+from dataclasses import fields
+
 import torch
 import pytest
 
-from attention import MemoryStore, StepState
-from edit import (EditConfig, SkipInterval, SourceAttention, edit_clip, edit_video,
-                  perturb_smooth_areas, record_source)
-from edit import image_conditions
+from attention import StepState
+from bench.oracles import save_oracle_folder
+from configs import EditConfig
+from refine import edit_clip, edit_video, image_conditions
+from source import (SkipInterval, SourceAttention, SourceConfig, perturb_smooth_areas,
+                    record_source)
 from svd.config import SVDConfig
 from svd.media import InputError, split_clips
 from svd.weights import load_svd
-from tests.helpers import save_oracle_folder
+from tests.helpers import spy_steps_held
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +58,20 @@ def test_sarp_perturbs_flat_areas_only():
     ramp = torch.linspace(-1, 1, 16).expand(1, 3, 16, 16).contiguous()
     assert torch.equal(perturb_smooth_areas(ramp, 1e-3, 5e-3, g)[inner], ramp[inner])
     assert not torch.equal(perturb_smooth_areas(ramp * 1e-5, 1e-3, 5e-3, g)[inner], ramp[inner] * 1e-5)
+
+
+def test_source_config_reads_the_edit_config():
+    """record_source reads SourceConfig's fields: an EditConfig's, under the same names and with
+    the same defaults (so train.py's SourceConfig for clip 0's inversion is the EditConfig it
+    built before, field for field)."""
+    edit = EditConfig()
+    assert {f.name: f.default for f in fields(SourceConfig)} == {
+        f.name: getattr(edit, f.name) for f in fields(SourceConfig)}
+    cfg = EditConfig(steps=3, no_sarp=True, source_attention="disk", encode_chunk_size=0)
+    got = SourceConfig.of(cfg)
+    assert (got.steps, got.no_sarp, got.source_attention, got.encode_chunk_size) == (
+        3, True, "disk", 0)
+    assert SourceConfig.of(got) is got
 
 
 def test_split_clips():
@@ -99,16 +117,22 @@ def test_recompute_keeps_only_one_step_of_attention(svd):
     state = StepState()
     source = record_source(svd, clip_frames(), 0, state, cfg, None, torch.Generator().manual_seed(0))
     assert len(source.store.tensors) == 0 and len(source.trajectory) == 4
+    steps_held = spy_steps_held(source.store)
     edit_clip(svd, source, cond(svd, clip_frames()[:1], cfg), state, cfg)
-    assert {key.step for key in source.store.tensors} == {3}   # only the last step sampled
+    assert set(steps_held) == {1}                # one step's records at a time, every step
+    assert len(steps_held) > 0 and len(source.store.tensors) == 0     # none kept after
 
 
-def long_video_edit(svd, cfg, skip_mode, video, edited, chunk=None):
-    """Record, then edit a video clip by clip with skip-interval in `skip_mode`."""
+
+def long_video_edit(svd, cfg, skip_mode, video, edited, chunk=None, spy=False):
+    """Record, then edit a video clip by clip with skip-interval in `skip_mode` (`spy`: count
+    the steps the inversion's store holds after each put, in skip.steps_held)."""
     svd.unet.chunk_size = chunk
     try:
         clips = split_clips(len(video), cfg.num_frames, cfg.overlap)
         skip, state = SkipInterval.for_video(skip_mode, len(clips)), StepState()
+        if spy:
+            skip.steps_held = spy_steps_held(skip.kv)
         sources = [record_source(svd, video[c], k, state, cfg, skip,
                                  torch.Generator().manual_seed(0)) for k, c in enumerate(clips)]
         frames = edit_video(svd, sources, edited, [None] * len(clips), cfg, skip,
@@ -126,11 +150,13 @@ def test_skip_interval_recomputed_equals_kept_in_memory(svd):
     # clip 0 recorded K/V of every temporal self-attention and step; the others only read them
     assert {key.clip for key in skip.kv.tensors} == {0}
     assert len(skip.kv.tensors) == 3 * 2 * 6                 # steps x (k, v) x temporal layers
-    recomputed, skip = long_video_edit(svd, cfg, "recompute", video, video[:1].flip(-1))
+    recomputed, skip = long_video_edit(svd, cfg, "recompute", video, video[:1].flip(-1),
+                                       spy=True)
     assert kept.shape == (7, 3, 32, 32) and 0 <= kept.min() and kept.max() <= 1
     torch.testing.assert_close(recomputed, kept, rtol=0, atol=1e-5)
-    # one step's K/V alive at a time; one source rerun per inversion step of clips 1 and 2
-    assert len({key.step for key in skip.kv.tensors}) == 1
+    # one step's K/V alive at a time, none after; one source rerun per inversion step of
+    # clips 1 and 2
+    assert set(skip.steps_held) == {1} and len(skip.kv.tensors) == 0
     assert skip.extra_calls == 2 * cfg.steps
     # and clip 0's K/V matter: without them the later clips differ
     cfg_alone = EditConfig(steps=3, num_frames=3, overlap=1, no_skip_interval=True)

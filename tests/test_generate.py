@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.oracles import save_oracle_folder
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
 from svd.media import load_image
 from svd.sampling import generate_video
 from svd.weights import load_svd
-from tests.helpers import save_oracle_folder
 
 # The reference pipeline resizes the CLIP input to 224 x 224 whatever the encoder's config says,
 # so the tiny encoder keeps image_size 224 (with 32-pixel patches to stay small).

@@ -1,5 +1,5 @@
-"""Long videos clip by clip (edit.py, attention/, train.py), on tiny random weights (CPU, fp32)
-and, for reconstruction, on the shipped demo model.
+"""Long videos clip by clip (source.py, motion_lora.py, refine.py, attention/; edit.py's checks),
+on tiny random weights (CPU, fp32) and, for reconstruction, on the shipped demo model.
 
 - Every accepted --overlap: the clips of `split_clips` (svd/media.py), the chain of edit_video (the
   frame and latent `handover` gives clip k are clip k-1's edit of clip k's first frame) and which
@@ -21,14 +21,19 @@ from PIL import Image
 
 import attention.matching
 import edit
-import train
+import motion_lora
+import refine
+from bench.oracles import randomize_
+from configs import EditConfig, TrainConfig
 from demo import world
 from demo.evaluate import WEIGHTS, edit_config, psnr, to_model
 from attention import Branch, MemoryStore, SkipIntervalKV, SpatialAttentionMatching, StepState
 from attention import attention_layers, hook_points, installed
-from edit import EditConfig, SkipInterval, edit_video, image_conditions, record_source
 from edm import inversion_sigmas, karras_sigmas
 from lora import lora_layers, remove_lora
+from motion_lora import nearest_step, train_motion_lora
+from refine import edit_video, image_conditions
+from source import SkipInterval, record_source
 from svd.clip import CLIPVisionEncoder
 from svd.config import SVDConfig
 from svd.latents import decode_latents
@@ -38,8 +43,6 @@ from svd.sampling import generate_video
 from svd.unet import UNet
 from svd.vae import VAE
 from svd.weights import SVD, load_svd
-from tests.helpers import randomize_
-from train import TrainConfig, nearest_step, train_motion_lora
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,8 +56,8 @@ def one_thread():
 
 
 def tiny_svd(seed: int = 3) -> SVD:
-    """SVDConfig.tiny() with random weights (tests.helpers.randomize_), built directly: the same
-    kind of model as load_svd of tests.helpers.save_oracle_folder, without diffusers' import
+    """SVDConfig.tiny() with random weights (bench.oracles.randomize_), built directly: the same
+    kind of model as load_svd of bench.oracles.save_oracle_folder, without diffusers' import
     and a save/load (about 10 s here)."""
     cfg = SVDConfig.tiny()
     modules = [randomize_(cls(c), seed + i).eval().requires_grad_(False) for i, (cls, c) in
@@ -83,12 +86,12 @@ def quiet(*_):
 
 
 class Chain:
-    """Spies on edit.edit_clip and edit.handover while edit_video runs: per call, the clip, its
+    """Spies on refine.edit_clip and refine.handover while edit_video runs: per call, the clip, its
     conditions and its latents; per handover, its frame, latent and the conditions it returned."""
 
     def __init__(self, monkeypatch):
         self.clips, self.handovers, self.current = [], [], {}
-        edit_clip, handover = edit.edit_clip, edit.handover
+        edit_clip, handover = refine.edit_clip, refine.handover
 
         def spy_edit_clip(svd, source, cond, state, cfg, skip=None, *args, **kwargs):
             self.current = dict(clip=source.clip, state=state, skip=skip)
@@ -101,8 +104,8 @@ class Chain:
             self.handovers.append(dict(frame=frame.clone(), latent=latent.clone(), cond=cond))
             return cond
 
-        monkeypatch.setattr(edit, "edit_clip", spy_edit_clip)
-        monkeypatch.setattr(edit, "handover", spy_handover)
+        monkeypatch.setattr(refine, "edit_clip", spy_edit_clip)
+        monkeypatch.setattr(refine, "handover", spy_handover)
 
 
 def record_video(svd, video, cfg, clips, skip=None):
@@ -204,7 +207,7 @@ def test_unconditional_branch_is_untouched_by_the_injections(svd, monkeypatch):
     sources = record_video(svd, video, cfg, clips, skip)
     chain = Chain(monkeypatch)
     calls = {Branch.UNCOND: [], Branch.COND: []}
-    v_denoise = edit.v_denoise
+    v_denoise = refine.v_denoise
     plain = {name: sdpa for name in hook_points(svd.unet)}
     temporal = [n for n, layer in attention_layers(svd.unet).items()
                 if layer.temporal and layer.self_attention]
@@ -221,7 +224,7 @@ def test_unconditional_branch_is_untouched_by_the_injections(svd, monkeypatch):
             calls[run["state"].branch].append((run["clip"], (out - expected).abs().max()))
         return out
 
-    monkeypatch.setattr(edit, "v_denoise", spy)
+    monkeypatch.setattr(refine, "v_denoise", spy)
     edit_video(svd, sources, video[:1].flip(-1), [None] * 2, cfg, skip, clips=clips,
                progress=quiet)
     assert [c for c, _ in calls[Branch.UNCOND]] == [0, 0, 1, 1]     # steps x clips
@@ -387,7 +390,7 @@ def test_training_joins_clip_zero_kv_of_the_inversion_step_nearest_the_drawn_sig
                   skip, torch.Generator().manual_seed(0))
     assert {key.step for key in skip.kv.tensors} == set(range(N))
     events = []
-    draw, get = train.sample_training_sigmas, skip.kv.get
+    draw, get = motion_lora.sample_training_sigmas, skip.kv.get
 
     def spy_draw(n, generator=None):
         sigmas = draw(n, generator)
@@ -398,7 +401,7 @@ def test_training_joins_clip_zero_kv_of_the_inversion_step_nearest_the_drawn_sig
         events.append(("get", key))
         return get(key)
 
-    monkeypatch.setattr(train, "sample_training_sigmas", spy_draw)
+    monkeypatch.setattr(motion_lora, "sample_training_sigmas", spy_draw)
     monkeypatch.setattr(skip.kv, "get", spy_get)
     tcfg = TrainConfig(steps=8, rank=2, num_frames=F_, height=SIDE, width=SIDE,
                        steps_inversion=N, skip_interval_kv="memory", dtype="float32",

@@ -9,14 +9,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from bench.oracles import diffusers_tiny_unet, randomize_
 from lora import (LoRAError, LoRALinear, add_lora, export_single_file,
                   is_temporal_transformer_linear, load_lora, lora_layers, lora_parameters,
                   lora_state_dict, merge_lora, read_lora_metadata, remove_lora, save_lora,
                   set_lora_scale)
 from svd.config import UNetConfig
 from svd.unet import UNet
-from tests.helpers import randomize_
-from tests.test_unet import diffusers_tiny_unet
 
 # The 12 nn.Linear layers of one temporal transformer block (docs/method.md §3.1).
 SUFFIXES = ["ff_in.net.0.proj", "ff_in.net.2",

@@ -7,18 +7,20 @@ import pytest
 import safetensors.torch
 import torch
 
-import train
+import motion_lora
 from attention import MemoryStore, StepState
-from edit import ClipZeroKV, EditConfig, SkipInterval, record_source
+from bench.oracles import save_oracle_folder
+from configs import EditConfig, TrainConfig, train_config
 from edm import edm_loss_weight, karras_sigmas, sample_euler
 from lora import read_lora_metadata, set_lora_scale
+from motion_lora import train_motion_lora
+from source import ClipZeroKV, SkipInterval, SourceConfig, record_source
 from svd.conditioning import encode_conditions
 from svd.config import SVDConfig
 from svd.latents import encode_video
 from svd.sampling import frame_guidance, guided_denoiser, v_denoise
 from svd.weights import load_svd
-from tests.helpers import save_oracle_folder
-from train import TrainConfig, train_motion_lora
+from tests.helpers import spy_steps_held
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +102,10 @@ def test_resume_continues_to_the_same_weights(svd, tmp_path, monkeypatch):
 
     (tmp_path / "b").mkdir()
     out = tmp_path / "b" / "clip0.safetensors"
-    monkeypatch.setattr(train, "edm_loss_weight", interrupted)
+    monkeypatch.setattr(motion_lora, "edm_loss_weight", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_motion_lora(svd, frames, 0, cfg, None, out, progress=False)
-    monkeypatch.setattr(train, "edm_loss_weight", edm_loss_weight)
+    monkeypatch.setattr(motion_lora, "edm_loss_weight", edm_loss_weight)
     assert not out.exists()
     step = int(safetensors.safe_open(str(out.with_name("checkpoint-clip0.safetensors")),
                                      "pt").metadata()["step"])
@@ -125,7 +127,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(svd, tmp_path, monkeypat
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(train.os, "replace", broken_replace)
+    monkeypatch.setattr(motion_lora.os, "replace", broken_replace)
     with pytest.raises(OSError):
         train_motion_lora(svd, frames, 0, TrainConfig(steps=3, rank=2, checkpoint_every=1), None,
                           out, resume=True, progress=False)
@@ -135,16 +137,17 @@ def test_failed_checkpoint_write_keeps_the_previous_one(svd, tmp_path, monkeypat
 
 def test_later_clips_train_against_clip_zero_kv_kept_or_recomputed(svd):
     frames = moving_square(3)
-    cfg = EditConfig(steps=4)
+    cfg = SourceConfig(steps=4)                    # as train.py inverts clip 0
     tcfg = TrainConfig(steps=3, rank=2, steps_inversion=4)
     weights = {}
     for mode in (ClipZeroKV.MEMORY, ClipZeroKV.RECOMPUTE):
         skip = SkipInterval.for_video(mode.value, 2)
         record_source(svd, frames, 0, StepState(), cfg, skip, torch.Generator().manual_seed(0))
+        steps_held = spy_steps_held(skip.kv)
         weights[mode] = train_motion_lora(svd, frames.flip(-1), 1, tcfg, skip, progress=False)
     # rerunning clip 0's source pass of each drawn step gives the kept K/V (one call a step)
     assert skip.mode is ClipZeroKV.RECOMPUTE and skip.extra_calls == tcfg.steps
-    assert len(skip.kv.tensors) == 2 * 6                      # one step: (k, v) x layers
+    assert set(steps_held) == {1} and len(skip.kv.tensors) == 0    # one step, none after
     for name, w in weights[ClipZeroKV.MEMORY].items():
         torch.testing.assert_close(weights[ClipZeroKV.RECOMPUTE][name], w, rtol=0, atol=1e-6)
     alone = train_motion_lora(svd, frames.flip(-1), 1, tcfg, None, progress=False)
@@ -165,7 +168,7 @@ def test_chunked_unet_gives_a_later_clip_the_same_training_loss(svd, chunk, tmp_
         svd.unet.chunk_size = chunk_size
         try:
             skip = SkipInterval.for_video("recompute", 2)
-            record_source(svd, frames, 0, StepState(), EditConfig(steps=4), skip,
+            record_source(svd, frames, 0, StepState(), SourceConfig(steps=4), skip,
                           torch.Generator().manual_seed(0))
             out = tmp_path / f"chunk{chunk_size}.safetensors"
             train_motion_lora(svd, frames.flip(-1), 1, TrainConfig(steps=1, rank=2,
@@ -179,15 +182,15 @@ def test_chunked_unet_gives_a_later_clip_the_same_training_loss(svd, chunk, tmp_
 def test_nearest_step():
     # inversion step s evaluates at sigmas_inv[s + 1]: 1.0, 0.1, 0.01 for s = 0, 1, 2
     inv = torch.tensor([10.0, 1.0, 0.1, 0.01])
-    got = [train.nearest_step(torch.tensor(s), inv) for s in (20.0, 0.9, 0.12, 0.001)]
+    got = [motion_lora.nearest_step(torch.tensor(s), inv) for s in (20.0, 0.9, 0.12, 0.001)]
     assert got == [0, 0, 1, 2]
 
 
 def test_edit_py_train_passes_its_settings_to_the_training():
     cfg = EditConfig(train_steps=7, lora_rank=3, lora_lr=1e-3, no_gradient_checkpointing=True,
                      fps=5, num_frames=6, steps=10, seed=4, height=32, width=48)
-    t = TrainConfig.from_edit(cfg)
+    t = train_config(cfg)
     assert (t.steps, t.rank, t.lr, t.no_gradient_checkpointing) == (7, 3, 1e-3, True)
     assert (t.fps, t.num_frames, t.steps_inversion, t.seed) == (5, 6, 10, 4)
     assert (t.height, t.width) == (32, 48)
-    assert not TrainConfig.from_edit(EditConfig()).no_gradient_checkpointing   # the default
+    assert not train_config(EditConfig()).no_gradient_checkpointing   # the default

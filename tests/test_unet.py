@@ -3,24 +3,11 @@
 import torch
 from safetensors.torch import load_file, save_file
 
+from bench.oracles import diffusers_tiny_unet, randomize_
 from svd.config import UNetConfig
 from svd.layers import Attention
 from svd.unet import UNet
-from tests.helpers import parameter_count, randomize_, read_key_table
-
-
-def diffusers_tiny_unet():
-    from diffusers import UNetSpatioTemporalConditionModel
-
-    cfg = UNetConfig.tiny()
-    return UNetSpatioTemporalConditionModel(
-        sample_size=16, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        block_out_channels=cfg.block_out_channels, addition_time_embed_dim=cfg.addition_time_embed_dim,
-        projection_class_embeddings_input_dim=3 * cfg.addition_time_embed_dim,
-        layers_per_block=cfg.layers_per_block, cross_attention_dim=cfg.cross_attention_dim,
-        num_attention_heads=cfg.num_attention_heads, num_frames=cfg.num_frames)
+from tests.helpers import parameter_count, read_key_table
 
 
 def test_full_size_structure_matches_released_checkpoint():

@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bench.oracles import randomize_
 from svd.config import VAEConfig
 from svd.vae import VAE
-from tests.helpers import parameter_count, randomize_, read_key_table
+from tests.helpers import parameter_count, read_key_table
 
 
 # VAEConfig.tiny() has one resnet per level, and then diffusers' decoder mid block never runs

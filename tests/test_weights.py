@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bench.oracles import save_oracle_folder
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
 from svd.single_file import IGNORED_PREFIXES, clip_keys, single_file_rename
 from svd.weights import WeightsError, find_weights, load_svd
-from tests.helpers import DATA, save_oracle_folder
+from tests.helpers import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 
