@@ -1,7 +1,8 @@
 """Command-line flags generated from a config dataclass, for the entry points (edit.py,
-train.py): every field is a flag `--field-name`, its help text and default live beside the field
-(all knobs visible at the top of the entry point, typed, no YAML: every setting and its default
-are read in one place, and a typo in a flag is argparse's error, not a silently ignored key)."""
+train.py; their configs are in configs.py): every field is a flag `--field-name`, its help
+text and default live beside the field (all knobs visible at the top of the entry point, typed,
+no YAML: every setting and its default are read in one place, and a typo in a flag is
+argparse's error, not a silently ignored key)."""
 
 import argparse
 from dataclasses import field, fields

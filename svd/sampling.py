@@ -2,10 +2,12 @@
 SVD image-to-video (docs/svd.md §4-§5; checked against diffusers'
 `StableVideoDiffusionPipeline` in tests/test_generate.py).
 
-This is the one place where SVD's v-parameterisation meets the generic EDM code: everything in
-edm/ and the method (edit.py, train.py) sees only `denoise(x, sigma, step)`. A port of I2VEdit
-to another image-to-video backbone replaces this file and svd/, nothing else. Hence svd/ imports
-edm/ (edm/ imports nothing of ours); attention/ and lora/ stay apart from both.
+This is the one place where SVD's v-parameterisation meets the generic EDM code: edm/ and the
+samplers the method's stages run (source.py, motion_lora.py, refine.py) see only
+`denoise(x, sigma, step)`. The stages still call svd/'s VAE, CLIP encoder and conditioning
+directly, so a port to another image-to-video backbone touches them too (no backbone interface
+yet). Hence svd/ imports edm/ (edm/ imports nothing of ours); attention/ and lora/ stay apart
+from both.
 """
 
 import torch
