@@ -1,7 +1,7 @@
 """Peak memory of each phase at the size users run, predicted by tracing the code itself, and
 checked against peaks measured on the CPU.
 
-    python bench/memory.py                    # 576x1024, 14 frames, bf16, 1 and 3 clips (~8 min)
+    python bench/memory.py                    # 576x1024, 14 frames, bf16, 1 and 3 clips (~10 min)
     python bench/memory.py --height 512 --width 896 --frames 25 --clips 2 --dtype float16
     python bench/memory.py --measure          # the check: real runs of the released architecture
                                               # (random weights, float32) at latents 8x8, 8x16,
