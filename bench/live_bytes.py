@@ -29,7 +29,6 @@ adds it, for the check against the CPU.
 import weakref
 
 import torch
-from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -113,20 +112,11 @@ def cpu_conv_scratch(x: torch.Tensor, w: torch.Tensor) -> int:
 
 def fake_svd(dtype: torch.dtype, config: SVDConfig | None = None) -> SVD:
     """The released architecture with fake weights in `dtype` (call inside FakeTensorMode)."""
+    from bench.random_svd import empty_model
     config = config or SVDConfig()
 
     def build(cls, cfg):
-        with torch.device("meta"):
-            model = cls(cfg)
-        for module in model.modules():
-            for key, p in list(module._parameters.items()):
-                if p is not None:
-                    module._parameters[key] = nn.Parameter(torch.empty(p.shape, dtype=dtype),
-                                                           requires_grad=False)
-            for key, b in list(module._buffers.items()):
-                if b is not None:
-                    module._buffers[key] = torch.empty(b.shape, dtype=b.dtype)
-        return model.eval().requires_grad_(False)
+        return empty_model(cls, cfg, dtype).eval().requires_grad_(False)
 
     return SVD(build(UNet, config.unet), build(VAE, config.vae),
                build(CLIPVisionEncoder, config.clip), config)

@@ -47,10 +47,11 @@ def init_random_(model: nn.Module, generator: torch.Generator, gain: float = 0.7
     return model
 
 
-def build(cls, config, dtype: torch.dtype, device: str, generator: torch.Generator) -> nn.Module:
+def empty_model(cls, config, dtype: torch.dtype) -> nn.Module:
+    """`cls(config)` built on the meta device, its tensors replaced one by one by uninitialised
+    ones in `dtype` (to_empty would allocate float32); under FakeTensorMode they are fake."""
     with torch.device("meta"):
         model = cls(config)
-    # Meta tensors replaced one by one in the run dtype (to_empty would allocate float32).
     for module in model.modules():
         for key, p in list(module._parameters.items()):
             if p is not None:
@@ -59,7 +60,11 @@ def build(cls, config, dtype: torch.dtype, device: str, generator: torch.Generat
         for key, b in list(module._buffers.items()):
             if b is not None:
                 module._buffers[key] = torch.empty(b.shape, dtype=b.dtype)
-    init_random_(model, generator)
+    return model
+
+
+def build(cls, config, dtype: torch.dtype, device: str, generator: torch.Generator) -> nn.Module:
+    model = init_random_(empty_model(cls, config, dtype), generator)
     return model.to(device).eval().requires_grad_(False)
 
 
