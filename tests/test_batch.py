@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch import JobListError, read_jobs
+from batch_jobs import JobListError, read_jobs
 from svd.media import save_video
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,6 +34,7 @@ LAYERS = [
                                     # appearance refinement and the clip chain (§6, §2)
     ("demo",),                      # the embedded demo: world, tiny model, scores, the bare run
     ("edit", "train"),              # the entry points (`python edit.py` bare runs demo/run.py)
+    ("batch_jobs",),                # the job list of batch.py, checked line by line
     ("batch",),                     # many edit.py jobs under torchrun
     ("bench",),                     # scripts that print figures
     ("tests",),
@@ -43,7 +44,7 @@ ONLY = {"svd": {"edm"}}             # a port to another backbone replaces svd/ a
 # ... the files an arrow between two units may start from ...
 THROUGH = {("svd", "edm"): {"svd/sampling.py"}}   # where SVD becomes an EDM denoiser
 # ... and the units that may import a unit.
-IMPORTED_ONLY_BY = {"batch": {"tests"}}
+IMPORTED_ONLY_BY = {"batch": {"tests"}, "batch_jobs": {"batch", "tests"}}
 
 
 def module_files(root: Path) -> dict[str, Path]:
