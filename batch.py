@@ -45,7 +45,9 @@ from batch_jobs import FAILED_SUFFIX, SUMMARY, Job, JobListError, read_jobs
 from configs import EditConfig
 from edit import check_inputs, read_inputs, run_edit
 from lora import LoRAError, lora_layers, remove_lora
-from svd.media import InputError, atomic_write
+from media import InputError
+from safefiles import atomic_write
+from svd.backbone import SVDBackbone
 from svd.weights import SVD, WeightsError, find_weights, load_svd
 
 
@@ -224,8 +226,9 @@ def run_job(job: Job, batch: Batch, log) -> dict:
         # The job's own output (progress bars, "wrote ...") goes to its log, not the console.
         with open(tmp / "log.txt", "w") as job_log, contextlib.redirect_stdout(job_log), \
                 contextlib.redirect_stderr(job_log):
-            inputs = read_inputs(cfg, svd, check_inputs(cfg))
-            run_edit(svd, cfg, inputs, tmp)
+            backbone = SVDBackbone.for_run(svd, cfg)        # the job's micro-conditioning
+            inputs = read_inputs(cfg, backbone, check_inputs(cfg))
+            run_edit(backbone, cfg, inputs, tmp)
         seconds = time.perf_counter() - start
         write_json(tmp / "done.json", {
             "job": job.spec, "line": job.line, "seconds": round(seconds, 3), "rank": rank,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from configs import EditConfig
 from edit import check_config
-from svd.media import InputError
+from media import InputError
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The knobs of the entry points as data: `EditConfig` (edit.py, batch.py's jobs) and `TrainConfig`
 (train.py), and `train_config`, the training settings of `edit.py --train`.
 
-No method code lives here, only dataclasses whose fields svd/cli.py turns into flags: the
+No method code lives here, only dataclasses whose fields cli.py turns into flags: the
 method's stages (refine.py, motion_lora.py), the entry points and the embedded demo (demo/)
 all read these configs, and putting them in a module of their own is what lets demo/ and the
 stages use them without importing an entry point (tests/test_dependencies.py). The source
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from svd.cli import knob
+from cli import knob
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,9 +13,11 @@ The method (arXiv 2405.16537; docs/method.md), in the order run_edit in this fil
    K/V (skip-interval) and start from the previous clip's last edited frame (`edit_video`).
 
 This file is the entry point: the flags (`EditConfig`, configs.py), the checks of the inputs
-before any weights load, the run folder and its outputs. Elsewhere: SVD as an EDM denoiser and
-plain image-to-video in svd/sampling.py; which processor each attention layer gets in a source
-or an edit pass in attention/passes.py; the processors themselves in attention/matching.py and
+before any weights load, the run folder and its outputs. Everything it asks of the model goes
+through the `Backbone` interface (backbone.py); `main` loads the default one, SVD
+(svd/backbone.py), the only place here that names svd/. Elsewhere: plain image-to-video in
+image_to_video.py; which processor each attention layer gets in a source or an edit pass in
+attention/passes.py; the processors themselves in attention/matching.py and
 attention/skip_interval.py.
 
     python edit.py --video in.mp4 --edited-frame edit.png --lora clip0.safetensors --weights W
@@ -35,17 +37,18 @@ from pathlib import Path
 import torch
 
 from attention import MemoryStore, StepState, mask_pictures
+from backbone import Backbone, WeightsError
+from cli import build_parser, fail
 from configs import EditConfig, train_config
-from lora import LoRAError, is_temporal_transformer_linear, load_lora_files
+from image_to_video import generate_video
+from lora import LoRAError, load_lora_files
+from media import (Fit, InputError, check_aspect, check_overlap, check_resolution, image_size,
+                  load_image, load_video, make_run_dir, probe_video, resolve_size, save_png,
+                  split_clips, write_video_outputs)
 from motion_lora import train_motion_lora
 from refine import Chain, edit_video
+from safefiles import atomic_write
 from source import ClipZeroKV, SkipInterval, SourceAttention, SourceConfig, record_source
-from svd.cli import build_parser
-from svd.media import (Fit, InputError, atomic_write, check_aspect, check_overlap,
-                       check_resolution, image_size, load_image, load_video, make_run_dir,
-                       probe_video, resolve_size, save_png, split_clips, write_video_outputs)
-from svd.sampling import generate_video
-from svd.weights import SVD, WeightsError, base_model_id, find_weights, load_svd
 
 
 def parse_config(argv: list[str] | None = None) -> EditConfig:
@@ -53,7 +56,8 @@ def parse_config(argv: list[str] | None = None) -> EditConfig:
         EditConfig, "python edit.py", __doc__.split("\n\n")[0],
         "With no arguments, runs the embedded demo: a scene of the procedural world "
         "(demo/world.py) edited with the tiny model in demo/weights, scored against its ground "
-        "truth. Real weights are never downloaded: pass --weights with a diffusers folder "
+        "truth (python edit.py --scene S --kind K for another; python edit.py --scene 1 --help "
+        "for the demo's flags). Real weights are never downloaded: pass --weights with a diffusers folder "
         "(stabilityai/stable-video-diffusion-img2vid[-xt], fp32 or fp16 files) or a single "
         "svd.safetensors / svd_xt.safetensors, or have them in the Hugging Face cache; the "
         "defaults (576x1024, 14 frames, 25 steps) are the paper's. Example: python edit.py "
@@ -115,12 +119,12 @@ def check_inputs(cfg: EditConfig) -> tuple[int, int]:
     return input_size
 
 
-def read_inputs(cfg: EditConfig, svd: SVD, input_size: tuple[int, int]) -> Inputs:
-    """Frames, clips and LoRA files for these weights; resolves cfg.height/width (0 = from the
+def read_inputs(cfg: EditConfig, backbone: Backbone, input_size: tuple[int, int]) -> Inputs:
+    """Frames, clips and LoRA files for this backbone; resolves cfg.height/width (0 = from the
     input's aspect at the model's own area). Raises InputError / LoRAError with one line."""
-    cfg.height, cfg.width = resolve_size(cfg.height, cfg.width, input_size, svd.native_area,
-                                         svd.pixel_multiple)
-    check_resolution(cfg.height, cfg.width, svd.pixel_multiple)
+    cfg.height, cfg.width = resolve_size(cfg.height, cfg.width, input_size, backbone.native_area,
+                                         backbone.pixel_multiple)
+    check_resolution(cfg.height, cfg.width, backbone.pixel_multiple)
     fit = Fit(cfg.fit)
     inputs = Inputs(input_size, [load_image(p, cfg.height, cfg.width, fit)
                                  for p in cfg.edited_frame])
@@ -134,26 +138,24 @@ def read_inputs(cfg: EditConfig, svd: SVD, input_size: tuple[int, int]) -> Input
         if len(cfg.lora) != len(inputs.clips):
             raise InputError(f"{len(cfg.lora)} --lora file(s) for {len(inputs.clips)} clip(s); "
                              "train.py writes one per clip")
-        # Every file is checked against the base model and the U-Net before anything runs.
-        inputs.loras = load_lora_files(cfg.lora, svd.unet, is_temporal_transformer_linear,
-                                       base_model_id(svd))
+        # Every file is checked against the base model and the network before anything runs.
+        inputs.loras = load_lora_files(cfg.lora, backbone.network, backbone.is_lora_target,
+                                       backbone.id)
     return inputs
 
 
-def run_edit(svd: SVD, cfg: EditConfig, inputs: Inputs, run: Path, log=print) -> None:
+def run_edit(backbone: Backbone, cfg: EditConfig, inputs: Inputs, run: Path, log=print) -> None:
     """The whole method on checked inputs, writing into the folder `run` (which exists):
     config.json, then per edited frame its mp4 + PNG frames, a side-by-side with the source,
     and with --save-masks the mask pictures; with --train, the LoRA files under lora/."""
-    svd.unet.chunk_size = cfg.unet_chunk_size or None
     atomic_write(run / "config.json", lambda tmp: tmp.write_text(json.dumps(asdict(cfg), indent=2)))
     names = [Path(p).stem for p in cfg.edited_frame]
 
     if cfg.plain_i2v:
         for name, image in zip(names, inputs.images):
             generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
-            frames = generate_video(svd, image.to(cfg.device), cfg.num_frames, cfg.steps,
-                                    cfg.min_guidance, cfg.max_guidance, cfg.fps,
-                                    cfg.motion_bucket_id, cfg.noise_aug_strength, generator,
+            frames = generate_video(backbone, image.to(cfg.device), cfg.num_frames, cfg.steps,
+                                    cfg.min_guidance, cfg.max_guidance, generator,
                                     cfg.decode_chunk_size, progress=True)
             write_video_outputs(run, name, frames, cfg.fps)
         return
@@ -174,7 +176,7 @@ def run_edit(svd: SVD, cfg: EditConfig, inputs: Inputs, run: Path, log=print) ->
     state = StepState()
     generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
     source_cfg = SourceConfig.of(cfg)                    # the fields the source stage reads
-    sources = [record_source(svd, video[c], k, state, source_cfg, skip, generator,
+    sources = [record_source(backbone, video[c], k, state, source_cfg, skip, generator,
                              run / "source_attention" / f"clip{k}")
                for k, c in enumerate(clips)]
 
@@ -183,8 +185,8 @@ def run_edit(svd: SVD, cfg: EditConfig, inputs: Inputs, run: Path, log=print) ->
         # The loop train.py runs too (motion_lora.py), on the edit's settings.
         (run / "lora").mkdir()
         tcfg = train_config(cfg)
-        loras = [train_motion_lora(svd, video[c], k, tcfg, skip,
-                                   run / "lora" / f"clip{k}.safetensors", base_model_id(svd))
+        loras = [train_motion_lora(backbone, video[c], k, tcfg, skip,
+                                   run / "lora" / f"clip{k}.safetensors")
                  for k, c in enumerate(clips)]
     if skip is not None and skip.mode is ClipZeroKV.RECOMPUTE:
         log(f"skip-interval: {skip.extra_calls} extra U-Net calls to recompute clip 0's K/V "
@@ -194,7 +196,7 @@ def run_edit(svd: SVD, cfg: EditConfig, inputs: Inputs, run: Path, log=print) ->
     source_frames = (video[: clips[-1].stop] / 2 + 0.5).clamp(0, 1)
     for name, image in zip(names, inputs.images):
         masks = MemoryStore(device="cpu") if cfg.save_masks else None
-        frames = edit_video(svd, sources, image.to(cfg.device), loras, cfg, skip, masks, clips,
+        frames = edit_video(backbone, sources, image.to(cfg.device), loras, cfg, skip, masks, clips,
                             log)
         write_video_outputs(run, name, frames, cfg.sample_fps)
         write_video_outputs(run, f"{name}_side_by_side", torch.cat([source_frames, frames], -1),
@@ -205,23 +207,23 @@ def run_edit(svd: SVD, cfg: EditConfig, inputs: Inputs, run: Path, log=print) ->
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        # No arguments: the embedded demo (demo/run.py) writes a scene of the procedural world
-        # and calls this function with the flags a user would type, then scores the result.
+    if not argv or argv[0].split("=")[0] in ("--scene", "--kind"):
+        # No arguments (or only the demo's --scene / --kind): the embedded demo (demo/run.py)
+        # writes a scene of the procedural world and calls this function with the flags a user
+        # would type, then scores the result.
         from demo.run import run_demo
-        return run_demo(main)
+        return run_demo(main, argv)
     cfg = parse_config(argv)
     # Everything a user can get wrong is checked before anything is written: the inputs first
     # (cheap), then the weights, the working size they allow, the clips and LoRA files.
     try:
         input_size = check_inputs(cfg)
-        cfg.weights = find_weights(cfg.weights)
-        svd = load_svd(cfg.weights, getattr(torch, cfg.dtype), cfg.device)
-        inputs = read_inputs(cfg, svd, input_size)
+        from svd.backbone import load_backbone    # the default backbone: svd/'s one use here
+        backbone = load_backbone(cfg)              # resolves cfg.weights
+        inputs = read_inputs(cfg, backbone, input_size)
     except (InputError, WeightsError, LoRAError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    run_edit(svd, cfg, inputs, make_run_dir(cfg.out_dir))
+        return fail(e)
+    run_edit(backbone, cfg, inputs, make_run_dir(cfg.out_dir))
     return 0
 
 

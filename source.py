@@ -13,10 +13,8 @@ EditConfig carries all of its fields; train.py builds one from its TrainConfig),
 either entry point's config (tests/test_dependencies.py).
 """
 
-import contextlib
 import enum
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -24,12 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from attention import Branch, DiskStore, MemoryStore, StepState, installed, source_processors
-from edm import invert_euler, karras_sigmas
+from backbone import Backbone
+from edm import invert_euler
 from lora import lora_scale
-from svd.conditioning import Conditions, encode_conditions
-from svd.latents import encode_video
-from svd.sampling import v_denoise
-from svd.weights import SVD
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,12 +34,9 @@ from svd.weights import SVD
 @dataclass(frozen=True)
 class SourceConfig:
     """The settings record_source reads, with EditConfig's defaults (configs.py; the help of
-    each is there, under the same name)."""
+    each is there, under the same name). The conditioning's settings are the backbone's."""
 
     steps: int = 25                     # Euler steps N of the editing schedule it inverts over
-    fps: int = 7                        # the conditioning: frame rate id, motion bucket, noise
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
     no_sarp: bool = False
     sarp_threshold: float = 1e-3
     sarp_noise_scale: float = 5e-3
@@ -159,39 +151,21 @@ class SourceRecord:
     """What editing needs of one source clip."""
 
     clip: int
-    inverted: torch.Tensor      # (1, F, 4, h, w): the latent at sigma_0 editing starts from
-    cond: Conditions            # the inversion's conditions (the clip's own first frame)
+    inverted: torch.Tensor      # (1, F, C, h, w): the latent at sigma_0 editing starts from
+    cond: object                # the inversion's conditioning (the clip's own first frame)
     trajectory: dict            # step s -> (x, sigma) the U-Net saw at step s (for reruns)
     store: object               # recorded attention (MEMORY/DISK); one step's (RECOMPUTE)
     mode: SourceAttention
 
 
-@contextlib.contextmanager
-def weights_in(dtype: torch.dtype, *modules: torch.nn.Module) -> Iterator[None]:
-    """Every floating parameter and buffer of `modules` in `dtype` inside the block; each gets
-    its own dtype back after (exact: bf16/fp16 -> float32 -> back loses nothing). Float32 LoRA
-    adapters on a bf16 base stay as they are."""
-    saved = []
-    for module in modules:
-        for t in itertools.chain(module.parameters(), module.buffers()):
-            if t.is_floating_point() and t.dtype != dtype:
-                saved.append((t, t.dtype))
-                t.data = t.data.to(dtype)
-    try:
-        yield
-    finally:
-        for t, original in saved:
-            t.data = t.data.to(original)
-
-
 @torch.no_grad()
-def record_source(svd: SVD, frames: torch.Tensor, clip: int, state: StepState,
+def record_source(backbone: Backbone, frames: torch.Tensor, clip: int, state: StepState,
                   cfg: SourceConfig, skip: SkipInterval | None = None,
                   generator: torch.Generator | None = None, disk_root: Path | None = None
                   ) -> SourceRecord:
     """frames (F, 3, H, W) in [-1, 1] of clip `clip` -> its SourceRecord.
 
-    SARP, VAE encoding, then Euler inversion over the editing schedule with the LoRA off and the
+    SARP, encoding, then Euler inversion over the editing schedule with the LoRA off and the
     clip's own (perturbed) first frame as conditioning, in float32 whatever the weights' dtype
     unless cfg.invert_at_run_dtype (the reference inverts in float32: errors made here are
     carried by every later step of the edit). Inversion step s evaluates the U-Net at
@@ -204,24 +178,25 @@ def record_source(svd: SVD, frames: torch.Tensor, clip: int, state: StepState,
         frames = perturb_smooth_areas(frames, cfg.sarp_threshold, cfg.sarp_noise_scale, generator)
     mode = SourceAttention(cfg.source_attention)
     store = DiskStore(disk_root) if mode is SourceAttention.DISK else MemoryStore()
-    procs = source_processors(svd.unet, store, state, record=mode is not SourceAttention.RECOMPUTE,
+    procs = source_processors(backbone.attention_layers(), store, state,
+                              record=mode is not SourceAttention.RECOMPUTE,
                               source_kv=skip.kv if skip else None)
     trajectory = {}
 
     def denoise(x, sigma, step):
         if skip is not None:
             skip.refill(clip, step)                 # clip 0's K/V of this step
-        state.clip, state.step, state.branch = clip, step, Branch.SOURCE   # the only writer here
+        state.clip, state.step, state.branch = clip, step, Branch.SOURCE   # this pass's clock
         trajectory[step] = (x.clone(), sigma)
-        return v_denoise(svd.unet, x, sigma, cond)
+        return backbone.denoise(x, sigma, cond)
 
-    dtype = next(svd.unet.parameters()).dtype if cfg.invert_at_run_dtype else torch.float32
-    sigmas = karras_sigmas(cfg.steps).to(frames.device)
-    with weights_in(dtype, svd.unet, svd.vae):
-        latents = encode_video(svd, frames, cfg.encode_chunk_size)          # (1, F, 4, h, w)
-        cond = encode_conditions(svd.clip, svd.vae, frames[:1], cfg.fps, cfg.motion_bucket_id,
-                                 cfg.noise_aug_strength, generator)
-        with lora_scale(svd.unet, 0.0), installed(svd.unet, procs):
+    dtype = backbone.dtype if cfg.invert_at_run_dtype else torch.float32
+    sigmas = backbone.sampling_sigmas(cfg.steps).to(frames.device)
+    network = backbone.network
+    with backbone.at_dtype(dtype):
+        latents = backbone.encode(frames, cfg.encode_chunk_size)            # (1, F, C, h, w)
+        cond = backbone.condition(frames[:1], generator)
+        with lora_scale(network, 0.0), installed(network, procs):
             inverted = invert_euler(denoise, latents, sigmas, progress=True)
     if skip is not None:
         skip.release()
@@ -229,23 +204,26 @@ def record_source(svd: SVD, frames: torch.Tensor, clip: int, state: StepState,
     # sqrt(sigma_0^2 + 1) and its pipeline multiplies that back, so we start from it as is.
     record = SourceRecord(clip, inverted, cond, trajectory, store, mode)
     if skip is not None and clip == 0:
-        skip.replay = source_replay(svd, record, skip)
+        skip.replay = source_replay(backbone, record, skip)
     return record
 
 
-def source_replay(svd: SVD, record: SourceRecord, skip: SkipInterval) -> Callable[[int], int]:
+def source_replay(backbone: Backbone, record: SourceRecord, skip: SkipInterval
+                  ) -> Callable[[int], int]:
     """replay(step): clip 0's source pass of `step` again (base model, its own conditioning),
     writing its K/V into skip.kv; for the inversion and LoRA training of later clips. It runs
     at the weights' current dtype: float32 inside record_source, the run dtype in training."""
     state = StepState()                                  # this pass's own clock
-    procs = source_processors(svd.unet, None, state, record=False, source_kv=skip.kv)
+    procs = source_processors(backbone.attention_layers(), None, state, record=False,
+                              source_kv=skip.kv)
+    network = backbone.network
 
     @torch.no_grad()
     def replay(step: int) -> int:
         x, sigma = record.trajectory[step]
         state.clip, state.step, state.branch = 0, step, Branch.SOURCE
-        with lora_scale(svd.unet, 0.0), installed(svd.unet, procs):
-            v_denoise(svd.unet, x, sigma, record.cond)
+        with lora_scale(network, 0.0), installed(network, procs):
+            backbone.denoise(x, sigma, record.cond)
         return 1
 
     return replay

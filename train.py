@@ -25,14 +25,15 @@ from pathlib import Path
 import torch
 
 from attention import StepState
+from backbone import WeightsError
+from cli import build_parser, fail
 from configs import TrainConfig
 from lora import LoRAError
+from media import (Fit, InputError, check_overlap, check_resolution, load_video, make_run_dir,
+                  probe_video, resolve_size, split_clips)
 from motion_lora import train_motion_lora
+from safefiles import atomic_write
 from source import SkipInterval, SourceConfig, record_source
-from svd.cli import build_parser
-from svd.media import (Fit, InputError, atomic_write, check_overlap, check_resolution,
-                       load_video, make_run_dir, probe_video, resolve_size, split_clips)
-from svd.weights import WeightsError, base_model_id, find_weights, load_svd
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,39 +64,36 @@ def main(argv: list[str] | None = None) -> int:
                              f"got {cfg.fit}")
         check_overlap(cfg.num_frames, cfg.overlap)
         video_size = probe_video(cfg.video)
-        cfg.weights = find_weights(cfg.weights)
-        svd = load_svd(cfg.weights, getattr(torch, cfg.dtype), cfg.device)
-        cfg.height, cfg.width = resolve_size(cfg.height, cfg.width, video_size, svd.native_area,
-                                             svd.pixel_multiple)
-        check_resolution(cfg.height, cfg.width, svd.pixel_multiple)
+        from svd.backbone import load_backbone    # the default backbone: svd/'s one use here
+        backbone = load_backbone(cfg)              # resolves cfg.weights
+        cfg.height, cfg.width = resolve_size(cfg.height, cfg.width, video_size,
+                                             backbone.native_area, backbone.pixel_multiple)
+        check_resolution(cfg.height, cfg.width, backbone.pixel_multiple)
         video, _ = load_video(cfg.video, cfg.sample_fps, cfg.start_t, cfg.end_t, cfg.height,
                               cfg.width, Fit(cfg.fit))
         clips = split_clips(len(video), cfg.num_frames, cfg.overlap, cfg.max_clips)
     except (InputError, WeightsError, LoRAError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     run = Path(cfg.resume) if cfg.resume else make_run_dir(cfg.out_dir)
     atomic_write(run / "config.json", lambda tmp: tmp.write_text(json.dumps(asdict(cfg), indent=2)))
     (run / "lora").mkdir(exist_ok=True)
     video = video.to(cfg.device)
-    base = base_model_id(svd)
 
     skip = SkipInterval.for_video(cfg.skip_interval_kv, len(clips), not cfg.no_skip_interval)
     if skip is not None:
         # Clip 0's source inversion on the editing schedule, as edit.py records it: its K/V
         # (MEMORY) or its trajectory, to rerun its source pass of any step (RECOMPUTE).
-        source_cfg = SourceConfig(steps=cfg.steps_inversion, fps=cfg.fps,
-                                  motion_bucket_id=cfg.motion_bucket_id,
-                                  noise_aug_strength=cfg.noise_aug_strength)
+        source_cfg = SourceConfig(steps=cfg.steps_inversion,
+                                  encode_chunk_size=cfg.encode_chunk_size)
         generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
-        record_source(svd, video[clips[0]], 0, StepState(), source_cfg, skip, generator)
+        record_source(backbone, video[clips[0]], 0, StepState(), source_cfg, skip, generator)
 
     for k, c in enumerate(clips):
         out = run / "lora" / f"clip{k}.safetensors"
         if out.is_file() and cfg.resume:
             print(f"clip {k}: {out} exists, skipped")
             continue
-        train_motion_lora(svd, video[c], k, cfg, skip, out, base, resume=bool(cfg.resume))
+        train_motion_lora(backbone, video[c], k, cfg, skip, out, resume=bool(cfg.resume))
         print(f"wrote {out}")
     return 0
 

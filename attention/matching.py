@@ -30,8 +30,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from attention.hooks import Branch, LayerInfo, StepState
+from attention.hooks import Branch, StepState
 from attention.store import Key
+from backbone import LayerInfo, Stage
 
 # ---------------------------------------------------------------------------------------------
 # The temporal attention selector: a pure function of (step, layer)
@@ -43,12 +44,14 @@ class Use(enum.Enum):
     OWN = "own"         # the edited pass's own attention
 
 
-# In the middle stage the reference keeps the source in the coarse layers: the down group's
-# positions from 4 on and the up group's positions below `coarse_up` (SVD: down blocks 2 and up
-# block 1 are at 1/4 of the latent size, the mid layer at 1/8). The reference's up rule keeps
-# positions 0 and 1 only, though position 2 (up_blocks.1.attentions.2) is at the same 1/4
-# scale, and the paper's "downscaling factor 4" suggests all three: coarse_up=3 is that reading.
-COARSE_DOWN_FROM = 4
+# In the middle stage the source is kept in the coarse layers: those at 1/4 of the latent size
+# or coarser, except that in the up stage only the first `coarse_up` of them in execution order
+# (the up stage of a U-Net starts at its coarsest). On SVD this is the reference's rule, written
+# there as positions: down positions 4-5 (down block 2, at 1/4), the mid layer (1/8), up
+# positions 0-1 (up block 1, at 1/4). The reference leaves out up position 2, though it is at
+# the same 1/4 scale, and the paper's "downscaling factor 4" suggests all three: coarse_up=3 is
+# that reading.
+COARSE_DOWNSAMPLE = 4
 
 
 def temporal_stage(step: int, num_steps: int, layer: LayerInfo, beta1: float = 0.5,
@@ -62,9 +65,8 @@ def temporal_stage(step: int, num_steps: int, layer: LayerInfo, beta1: float = 0
         return Use.SOURCE
     if step >= int(beta2 * num_steps):
         return Use.OWN
-    coarse = (layer.group == "mid"
-              or (layer.group == "down" and layer.position >= COARSE_DOWN_FROM)
-              or (layer.group == "up" and layer.position < coarse_up))
+    coarse = (layer.downsample >= COARSE_DOWNSAMPLE
+              and (layer.stage is not Stage.UP or layer.position < coarse_up))
     return Use.SOURCE if coarse else Use.OWN
 
 

@@ -11,18 +11,19 @@
 Cross-attention is never touched (the reference's cross_replace_steps is 0).
 """
 
-from attention.hooks import StepState, attention_layers
+from attention.hooks import StepState
 from attention.matching import (RecordSourceAttention, SpatialAttentionMatching,
                                 TemporalAttentionInjection)
 from attention.skip_interval import SkipIntervalKV, plain_attention
 
 
-def source_processors(model, store, state: StepState, record: bool, source_kv=None) -> dict:
-    """Processors of a source pass: recorders into `store` (if `record`) on every
+def source_processors(layers: dict, store, state: StepState, record: bool, source_kv=None) -> dict:
+    """Processors of a source pass over `layers` (the backbone's catalogue, name -> LayerInfo):
+    recorders into `store` (if `record`) on every
     self-attention, and skip-interval K/V on temporal self-attention (if `source_kv`). The same
     dict serves the inversion and its per-step recomputation, so both record the same things."""
     procs = {}
-    for name, layer in attention_layers(model).items():
+    for name, layer in layers.items():
         if not layer.self_attention:
             continue
         proc = RecordSourceAttention(store, state, layer) if record else None
@@ -33,16 +34,16 @@ def source_processors(model, store, state: StepState, record: bool, source_kv=No
     return procs
 
 
-def edit_processors(model, store, state: StepState, num_frames: int, num_steps: int, *,
+def edit_processors(layers: dict, store, state: StepState, num_frames: int, num_steps: int, *,
                     spatial_matching: bool = True, temporal_selector: bool = True,
                     mask_threshold: tuple[float, float] = (0.35, 0.35), beta1: float = 0.5,
                     beta2: float = 0.8, coarse_up: int = 2, edit_kv=None, masks=None
                     ) -> tuple[dict, dict]:
-    """(unconditional, conditional) processors of an edit pass reading the source records in
-    `store`. The switches are the ablations; the rest are the knobs of docs/method.md §6.1,
-    §6.2."""
+    """(unconditional, conditional) processors of an edit pass over `layers` (the backbone's
+    catalogue) reading the source records in `store`. The switches are the ablations; the rest
+    are the knobs of docs/method.md §6.1, §6.2."""
     uncond, cond = {}, {}
-    for name, layer in attention_layers(model).items():
+    for name, layer in layers.items():
         if not layer.self_attention:
             continue
         if layer.spatial and spatial_matching:

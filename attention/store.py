@@ -17,8 +17,6 @@ MemoryStore: a whole clip's records (about 75 GB at 576x1024) are too large to k
 while recomputing one step costs one U-Net call.
 """
 
-import os
-import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,6 +24,7 @@ import safetensors.torch
 import torch
 
 from attention.hooks import Branch
+from safefiles import atomic_write
 
 
 class Key(NamedTuple):
@@ -80,14 +79,8 @@ class DiskStore:
     def put(self, key: Key, tensor: torch.Tensor) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         tensor = tensor.detach().to(device="cpu", dtype=self.dtype).contiguous()
-        try:
-            safetensors.torch.save_file({"tensor": tensor}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: safetensors.torch.save_file({"tensor": tensor}, tmp))
 
     def get(self, key: Key) -> torch.Tensor:
         path = self._path(key)

@@ -28,7 +28,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from demo.pretrain import cpu_name  # noqa: E402
-from svd.media import save_video  # noqa: E402
+from media import save_video  # noqa: E402
 
 WEIGHTS = ROOT / "demo" / "weights"
 

@@ -37,14 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attention import StepState  # noqa: E402
 from configs import train_config  # noqa: E402
 from demo import world  # noqa: E402
-from demo.pretrain import cpu_name  # noqa: E402
 from demo.evaluate import WEIGHTS, edit_config, scores, to_model, to_numpy  # noqa: E402
+from demo.pretrain import cpu_name  # noqa: E402
+from image_to_video import generate_video  # noqa: E402
 from lora import lora_scale  # noqa: E402
+from media import split_clips  # noqa: E402
 from motion_lora import train_motion_lora  # noqa: E402
 from refine import edit_video  # noqa: E402
 from source import SkipInterval, record_source  # noqa: E402
-from svd.media import split_clips  # noqa: E402
-from svd.sampling import generate_video  # noqa: E402
+from svd.backbone import SVDBackbone  # noqa: E402
 from svd.weights import load_svd  # noqa: E402
 
 CLIPS = 3
@@ -60,15 +61,15 @@ def clip_example(ex: dict, frames: range) -> dict:
     return out
 
 
-def plain_chain(svd, image, clips, cfg) -> torch.Tensor:
-    """Plain image-to-video clip after clip, each from the previous clip's decoded frame."""
+def plain_chain(backbone, image, clips, cfg) -> torch.Tensor:
+    """Plain image-to-video clip after clip, each from the previous clip's decoded frame
+    (the backbone holds cfg's fps, motion bucket and noise augmentation)."""
     generator = torch.Generator().manual_seed(cfg.seed)
     pieces = []
-    with lora_scale(svd.unet, 0.0):
+    with lora_scale(backbone.network, 0.0):
         for k, c in enumerate(clips):
-            frames = generate_video(svd, image, cfg.num_frames, cfg.steps, cfg.min_guidance,
-                                    cfg.max_guidance, cfg.fps, cfg.motion_bucket_id,
-                                    cfg.noise_aug_strength, generator)       # (F, 3, H, W) [0,1]
+            frames = generate_video(backbone, image, cfg.num_frames, cfg.steps, cfg.min_guidance,
+                                    cfg.max_guidance, generator)       # (F, 3, H, W) [0,1]
             pieces.append(frames if k == 0 else frames[clips[k - 1].stop - c.start:])
             if k + 1 < len(clips):
                 j = clips[k + 1].start - c.start
@@ -83,28 +84,29 @@ def run_scene(svd, seed: int, args) -> list[dict]:
     video = to_model(ex["source"])                           # (22, 3, H, W) in [-1, 1]
     image = to_model(ex["edited"][:1])
     clips = split_clips(len(video), cfg.num_frames, cfg.overlap, cfg.max_clips)
+    backbone = SVDBackbone.for_run(svd, cfg)                 # the scene's motion bucket
     assert len(clips) == CLIPS and clips[-1].stop == NUM_VIDEO_FRAMES, clips
     t0 = time.time()
     # edit.main's order: skip store, sources (before training), LoRAs, then the edit(s).
     skip = SkipInterval.for_video(cfg.skip_interval_kv, len(clips), not cfg.no_skip_interval)
     state = StepState()
     generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
-    sources = [record_source(svd, video[c], k, state, cfg, skip, generator)
+    sources = [record_source(backbone, video[c], k, state, cfg, skip, generator)
                for k, c in enumerate(clips)]
     t1 = time.time()
     tcfg = train_config(cfg)
-    loras = [train_motion_lora(svd, video[c], k, tcfg, skip, progress=False)
+    loras = [train_motion_lora(backbone, video[c], k, tcfg, skip, progress=False)
              for k, c in enumerate(clips)]
     t2 = time.time()
     outputs, times = {}, {}
     for chain in args.variants:
         ts = time.time()
         if chain == "plain":
-            frames = plain_chain(svd, image, clips, cfg)
+            frames = plain_chain(backbone, image, clips, cfg)
         else:
             vcfg = edit_config(ex, overlap=OVERLAP, train_steps=args.train_steps,
                                steps=args.steps, chain=chain)
-            frames = edit_video(svd, sources, image, loras, vcfg, skip, None, clips,
+            frames = edit_video(backbone, sources, image, loras, vcfg, skip, None, clips,
                                 progress=lambda _: None)
         outputs[chain] = to_numpy(frames)
         times[chain] = time.time() - ts

@@ -7,7 +7,7 @@ full method runs as usual. Scored as demo/evaluate.py scores it.
     python bench/colour_transfer.py --seeds 1000 1003      # dev scenes, about 6 min
 
 On the tiny model, sampling from the inverted source brings the source's colours back over the
-frames (README, "The embedded demo"); this shows how much of the trajectory error that is. On
+frames (demo/NOTES.md §6-§7); this shows how much of the trajectory error that is. On
 this world it nearly hands over the answer: its colour edits are exact per-colour maps, so a
 recoloured or styled source comes within about 0.03 RMSE of the ground truth. Real footage,
 with shading and lighting, would not map so cleanly.

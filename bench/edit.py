@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
 from configs import EditConfig  # noqa: E402
-from lora import add_lora, is_temporal_transformer_linear  # noqa: E402
-from refine import edit_clip, image_conditions  # noqa: E402
+from lora import add_lora  # noqa: E402
+from refine import edit_clip  # noqa: E402
 from source import record_source  # noqa: E402
+from svd.backbone import SVDBackbone, is_temporal_transformer_linear  # noqa: E402
 from svd.clip import CLIPVisionEncoder  # noqa: E402
 from svd.config import SVDConfig  # noqa: E402
-from svd.latents import decode_latents  # noqa: E402
 from svd.unet import UNet  # noqa: E402
 from svd.vae import VAE  # noqa: E402
 from svd.weights import SVD  # noqa: E402
@@ -59,19 +59,20 @@ def main():
 
     for backend in args.backends:
         cfg = EditConfig(steps=args.steps, num_frames=frames_n, source_attention=backend)
+        backbone = SVDBackbone.for_run(svd, cfg)
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         state = StepState()
-        source = record_source(svd, frames, 0, state, cfg, None,
+        source = record_source(backbone, frames, 0, state, cfg, None,
                                torch.Generator(device).manual_seed(0))
         if device == "cuda":
             torch.cuda.synchronize()
         inverted = time.perf_counter()
-        latents = edit_clip(svd, source, image_conditions(
-                            svd, edited, cfg, torch.Generator(device).manual_seed(1)), state, cfg)
-        decode_latents(svd, latents, chunk_size=frames_n)
+        latents = edit_clip(backbone, source, backbone.condition(
+                            edited, torch.Generator(device).manual_seed(1)), state, cfg)
+        backbone.decode(latents, chunk_size=frames_n)
         if device == "cuda":
             torch.cuda.synchronize()
         end = time.perf_counter()

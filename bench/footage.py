@@ -24,7 +24,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from svd.media import save_video  # noqa: E402
+from media import save_video  # noqa: E402
 
 FPS, SECONDS = 8, 2
 

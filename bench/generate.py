@@ -20,9 +20,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from bench.backbone import random_state
+from image_to_video import generate_video
+from svd.backbone import SVDBackbone
 from svd.clip import CLIPVisionEncoder
 from svd.config import SVDConfig
-from svd.sampling import generate_video
 from svd.unet import UNet
 from svd.vae import VAE
 from svd.weights import SVD
@@ -91,12 +92,13 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype)
     svd, pipe = build_both(dtype, device)
+    backbone = SVDBackbone(svd)                   # fps 7, motion bucket 127, aug 0.02: the pipe's
     pixels = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
     image_pil = Image.fromarray(pixels)
     image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div(255).mul(2).sub(1).to(device)
 
     def ours():
-        generate_video(svd, image, num_frames=args.frames, steps=args.steps,
+        generate_video(backbone, image, num_frames=args.frames, steps=args.steps,
                        generator=torch.Generator(device).manual_seed(0))
 
     def theirs():

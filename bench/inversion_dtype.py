@@ -29,14 +29,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
+from backbone import weights_in  # noqa: E402
 from bench.memory import synthetic_clips  # noqa: E402
 from bench.random_svd import random_svd  # noqa: E402
-from demo.pretrain import cpu_name  # noqa: E402
 from configs import EditConfig  # noqa: E402
+from demo.pretrain import cpu_name  # noqa: E402
 from edm import karras_sigmas, sample_euler  # noqa: E402
-from source import record_source, weights_in  # noqa: E402
-from svd.latents import encode_video  # noqa: E402
-from svd.sampling import v_denoise  # noqa: E402
+from source import record_source  # noqa: E402
+from svd.backbone import SVDBackbone  # noqa: E402
 
 
 @torch.no_grad()
@@ -53,9 +53,10 @@ def main(argv=None) -> int:
           f"{args.frames} frames, {args.steps} steps; {cpu_name()}, {torch.get_num_threads()} "
           "threads", flush=True)
     svd = random_svd(torch.bfloat16, args.device, seed=0)
+    backbone = SVDBackbone(svd)             # EditConfig's conditioning: fps 7, bucket 127, 0.02
     video = synthetic_clips(1, args.frames, args.height, args.width)[0].to(args.device)
     with weights_in(torch.float32, svd.vae):
-        x0 = encode_video(svd, video)                                   # (1, F, 4, h, w)
+        x0 = backbone.encode(video)                                     # (1, F, 4, h, w)
     sigmas = karras_sigmas(args.steps).to(args.device)
     inverted = {}
     rows = []
@@ -66,10 +67,10 @@ def main(argv=None) -> int:
                              width=args.width, dtype="bfloat16", no_sarp=True,
                              invert_at_run_dtype=inv == "bfloat16", device=args.device)
             g = torch.Generator(args.device).manual_seed(0)
-            inverted[inv] = record_source(svd, video, 0, StepState(), cfg, None, g)
+            inverted[inv] = record_source(backbone, video, 0, StepState(), cfg, None, g)
         source = inverted[inv]
         with weights_in(getattr(torch, samp), svd.unet):
-            back = sample_euler(lambda x, s, step: v_denoise(svd.unet, x, s, source.cond),
+            back = sample_euler(lambda x, s, step: backbone.denoise(x, s, source.cond),
                                 source.inverted, sigmas, progress=True)
         err = ((back - x0).norm() / x0.norm()).item()
         dist = ((source.inverted - inverted["float32"].inverted).norm()

@@ -5,8 +5,8 @@ source latent, over the whole clip and per frame, for several SARP noise strengt
     python bench/inverted_source.py --seeds 1004 --sarp-scales 0 0.005
 
 An inverted latent that were plain Gaussian noise of sigma_0 = 700 would correlate with the
-source at about 0.001; what it holds beyond that is what sampling from it brings back (README,
-"The embedded demo": on the tiny model, the moved object's colour). Inversion only, about 5 s
+source at about 0.001; what it holds beyond that is what sampling from it brings back (demo/NOTES.md
+§7: on the tiny model, the moved object's colour). Inversion only, about 5 s
 per inversion on 2 CPU cores.
 """
 
@@ -22,6 +22,7 @@ from attention import StepState  # noqa: E402
 from demo import world  # noqa: E402
 from demo.evaluate import WEIGHTS, edit_config, to_model  # noqa: E402
 from source import record_source  # noqa: E402
+from svd.backbone import SVDBackbone  # noqa: E402
 from svd.latents import encode_video  # noqa: E402
 from svd.weights import WeightsError, load_svd  # noqa: E402
 
@@ -47,7 +48,9 @@ def main(argv=None) -> int:
         for scale in args.sarp_scales:
             cfg = edit_config(ex, no_sarp=scale == 0, sarp_noise_scale=scale or 5e-3)
             generator = torch.Generator().manual_seed(cfg.seed)
-            inverted = record_source(svd, video, 0, StepState(), cfg, None, generator).inverted[0]
+            backbone = SVDBackbone.for_run(svd, cfg)                    # the scene's motion bucket
+            inverted = record_source(backbone, video, 0, StepState(), cfg, None,
+                                     generator).inverted[0]
             frames = " ".join(f"{correlation(inverted[f], clean[f]):+.2f}"
                               for f in range(len(clean)))
             print(f"scene {seed} {ex['kind'].value:8s} sarp {scale:<6g} correlation "

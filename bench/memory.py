@@ -72,15 +72,17 @@ def flow(svd, clips: list[torch.Tensor], steps: int, train_steps: int, encode_ch
     from motion_lora import train_motion_lora
     from refine import edit_video
     from source import SkipInterval, record_source
+    from svd.backbone import SVDBackbone
     F, H, W = clips[0].shape[0], clips[0].shape[-2], clips[0].shape[-1]
     cfg = EditConfig(steps=steps, num_frames=F, height=H, width=W, train_steps=train_steps,
                      encode_chunk_size=encode_chunk, decode_chunk_size=decode_chunk,
                      dtype=str(next(svd.unet.parameters()).dtype)[6:],
                      device=str(clips[0].device))
+    backbone = SVDBackbone.for_run(svd, cfg)        # run_edit's: cfg's conditioning, chunking
     tcfg = train_config(cfg)
     if without_checkpointing:
         switch("train (no ckpt)")
-        train_motion_lora(svd, clips[0], 0,
+        train_motion_lora(backbone, clips[0], 0,
                           dataclasses.replace(tcfg, steps=1, no_gradient_checkpointing=True),
                           progress=False)
     skip = SkipInterval.for_video(cfg.skip_interval_kv, len(clips))
@@ -88,18 +90,18 @@ def flow(svd, clips: list[torch.Tensor], steps: int, train_steps: int, encode_ch
     sources = []
     for k, frames in enumerate(clips):
         switch("inversion clip 0" if k == 0 else "inversion later clip")
-        sources.append(record_source(svd, frames, k, state, cfg, skip, generator))
+        sources.append(record_source(backbone, frames, k, state, cfg, skip, generator))
     loras = []
     for k, frames in enumerate(clips):
         switch("train clip 0" if k == 0 else "train later clip")
-        loras.append(train_motion_lora(svd, frames, k, tcfg, skip, progress=False))
+        loras.append(train_motion_lora(backbone, frames, k, tcfg, skip, progress=False))
 
     def progress(message: str) -> None:             # edit_video announces each clip
         if message.startswith("editing clip "):
             switch("edit clip 0" if message.startswith("editing clip 1/") else "edit later clip")
     hook = svd.vae.decoder.register_forward_pre_hook(lambda *_: switch("decode"))
     try:
-        return edit_video(svd, sources, clips[0][:1], loras, cfg, skip, progress=progress)
+        return edit_video(backbone, sources, clips[0][:1], loras, cfg, skip, progress=progress)
     finally:
         hook.remove()
 

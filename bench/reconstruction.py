@@ -23,15 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import StepState  # noqa: E402
 from configs import EditConfig, TrainConfig  # noqa: E402
-from edm import karras_sigmas, sample_euler  # noqa: E402
+from edm import frame_guidance, guided, karras_sigmas, sample_euler  # noqa: E402
 from lora import load_lora_state_dict, lora_scale, set_lora_scale  # noqa: E402
 from motion_lora import train_motion_lora  # noqa: E402
-from refine import edit_clip, image_conditions  # noqa: E402
+from refine import edit_clip  # noqa: E402
 from source import record_source  # noqa: E402
-from svd.conditioning import encode_conditions  # noqa: E402
+from svd.backbone import SVDBackbone  # noqa: E402
 from svd.config import SVDConfig  # noqa: E402
-from svd.latents import decode_latents, encode_video  # noqa: E402
-from svd.sampling import frame_guidance, guided_denoiser  # noqa: E402
 from svd.weights import load_svd  # noqa: E402
 
 
@@ -55,28 +53,33 @@ def reconstruct(svd, video: torch.Tensor, bucket: int, args) -> dict[str, tuple[
     """video (F, 3, H, W) in [-1, 1] -> {variant: (latent error %, PSNR vs the VAE's
     reconstruction, PSNR vs the source pixels)}."""
     frames = len(video)
-    latents = encode_video(svd, video)                                  # (1, F, 4, h, w)
-    target = decode_latents(svd, latents)[0]                            # the VAE's best
+    cfg = EditConfig(steps=args.steps, num_frames=frames, max_guidance=2.0,
+                     motion_bucket_id=bucket)
+    backbone = SVDBackbone.for_run(svd, cfg)          # cfg's fps, motion bucket, noise aug
+    latents = backbone.encode(video)                                    # (1, F, 4, h, w)
+    target = backbone.decode(latents)[0]                                # the VAE's best
     pixels = video / 2 + 0.5
     results = {"VAE alone": (0.0, float("inf"), psnr(target, pixels))}
 
     def report(name, out):
-        decoded = decode_latents(svd, out)[0]
+        decoded = backbone.decode(out)[0]
         results[name] = (100 * float((out - latents).norm() / latents.norm()),
                          psnr(decoded, target), psnr(decoded, pixels))
 
-    cfg = EditConfig(steps=args.steps, num_frames=frames, max_guidance=2.0,
-                     motion_bucket_id=bucket)
     sigmas = karras_sigmas(args.steps)
     g = torch.Generator().manual_seed(cfg.seed)
-    cond = encode_conditions(svd.clip, svd.vae, video[:1], cfg.fps, cfg.motion_bucket_id,
-                             cfg.noise_aug_strength, g)
+    cond = backbone.condition(video[:1], g)
     noise = torch.randn(latents.shape, generator=g) * (sigmas[0] ** 2 + 1).sqrt()
-    denoise = guided_denoiser(svd.unet, cond, frame_guidance(frames, 1.0, 2.0))
+
+    def branch(c):
+        return lambda x, sigma, step: backbone.denoise(x, sigma, c)
+
+    denoise = guided(branch(backbone.uncondition(cond)), branch(cond),
+                     frame_guidance(frames, 1.0, 2.0))
     with lora_scale(svd.unet, 0.0):                                     # a previous video's
         report("plain image-to-video", sample_euler(denoise, noise, sigmas))
 
-    lora = train_motion_lora(svd, video, 0, TrainConfig(
+    lora = train_motion_lora(backbone, video, 0, TrainConfig(
         steps=args.train_steps, rank=args.rank, lr=args.lr, dropout=0.0, motion_bucket_id=bucket),
         progress=False)
     set_lora_scale(svd.unet, 1.0)
@@ -93,11 +96,11 @@ def reconstruct(svd, video: torch.Tensor, bucket: int, args) -> dict[str, tuple[
     }
     for name, vcfg in variants.items():
         state = StepState()
-        source = record_source(svd, video, 0, state, vcfg, None,
+        source = record_source(backbone, video, 0, state, vcfg, None,
                                torch.Generator().manual_seed(vcfg.seed))
         load_lora_state_dict(svd.unet, lora)
-        out = edit_clip(svd, source, image_conditions(
-                        svd, video[:1], vcfg, torch.Generator().manual_seed(vcfg.seed)), state, vcfg)
+        out = edit_clip(backbone, source, backbone.condition(
+                        video[:1], torch.Generator().manual_seed(vcfg.seed)), state, vcfg)
         report(name, out)
     return results
 

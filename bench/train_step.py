@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edm import edm_loss_weight, sample_training_sigmas, v_preconditioning  # noqa: E402
-from lora import add_lora, is_temporal_transformer_linear, lora_parameters  # noqa: E402
+from lora import add_lora, lora_parameters  # noqa: E402
+from svd.backbone import is_temporal_transformer_linear  # noqa: E402
 from svd.config import UNetConfig  # noqa: E402
 from svd.unet import UNet  # noqa: E402
 

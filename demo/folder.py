@@ -7,8 +7,8 @@ from pathlib import Path
 import safetensors.torch
 
 from demo import world
+from safefiles import atomic_write
 from svd.config import SVDConfig
-from svd.media import atomic_write
 from svd.weights import SVD
 
 

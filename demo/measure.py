@@ -41,7 +41,7 @@ def colour_response(vae: VAE, seed: int = 0, shift: float = 0.2) -> list[float]:
     (1 = all of it). A VAE that has dropped a channel's frame-wide level shows ~0 there: the
     VAE shipped up to commit 51901e6 gave (0.96, 0.06, 0.81), having lost green; every VAE
     trained from the default initialisation lost one level of three, which start_as_identity
-    prevents (README "The embedded demo")."""
+    prevents (demo/NOTES.md §3)."""
     frames, _ = batch([seed])
     x = frames[0]
     base = vae.decode(vae.encode(x), world.NUM_FRAMES)

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cli import fail
 from demo import world
 from demo.folder import save_folder
 from demo.measure import batch, colour_response, latent_std, vae_psnr
@@ -99,7 +100,7 @@ def start_as_identity(vae: VAE) -> None:
     Why: from the default initialisation, every training tried (seeds, widths, latent channels,
     losses, learning rates) dropped one colour channel's frame-wide level of three within its
     first 125-500 steps and did not get it back (colour_response); with no GroupNorm at all, or
-    starting from the identity, all three survive (README "The embedded demo")."""
+    starting from the identity, all three survive (demo/NOTES.md §3)."""
     for module in vae.modules():
         if isinstance(module, (ResBlock, TemporalResBlock)):
             last = module.conv2
@@ -321,7 +322,7 @@ def main(argv=None) -> int:
         rng, t0 = seeded(), time.time()
         svd = load_svd(out)
         # Whole 8-frame videos only: the short clips of stage vae leave the temporal layers
-        # under-trained for the length they decode at (held-out PSNR 29.2 -> 31.2 dB, README).
+        # under-trained for the length they decode at (held-out PSNR 29.99 -> 31.89 dB, demo/NOTES.md §2).
         losses = train_vae(svd.vae, args.decoder_steps, 1, args.decoder_lr, rng, log,
                            short_clips=0.0, decoder_only=True,
                            level_shift=args.vae_level_shift, bf16=args.bf16)
@@ -372,5 +373,4 @@ if __name__ == "__main__":
     try:
         raise SystemExit(main())
     except (WeightsError, Diverged) as e:   # stages unet/decoder read --out (and --init) first
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(fail(e))

@@ -268,10 +268,15 @@ def example(seed: int, kind: EditKind, num_frames: int = NUM_FRAMES) -> dict:
             "motion_bucket_id": source_scene.motion_bucket_id}
 
 
+def evaluation_example_kind(seed: int) -> EditKind:
+    """The edit kind of a seed's evaluation case: seed mod 4 in the order recolour, reshape,
+    pattern, style, so any 4 consecutive seeds cover every kind."""
+    return list(EditKind)[seed % len(EditKind)]
+
+
 def evaluation_example(seed: int) -> dict:
-    """The evaluation case of a seed: `example` with edit kind seed mod 4 (recolour, reshape,
-    pattern, style), so any 4 consecutive seeds cover every kind."""
-    return example(seed, list(EditKind)[seed % len(EditKind)])
+    """The evaluation case of a seed: `example` with its `evaluation_example_kind`."""
+    return example(seed, evaluation_example_kind(seed))
 
 
 def colour_mask(frames: np.ndarray, colour: np.ndarray, tolerance: float = 0.25) -> np.ndarray:

@@ -27,21 +27,20 @@ References: Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", arX
 torchtune `LoRALinear` (module shape: owns weight/bias, adds two bias-free linears);
 cloneofsimo/lora `LoraInjectedLinear` (used by I2VEdit; init, names, formula); peft (key names,
 `lora_alpha`). This module knows nothing about SVD: the layer choice is the caller's predicate
-(lora/targets.py has I2VEdit's).
+(I2VEdit's on SVD: `is_temporal_transformer_linear`, svd/backbone.py).
 """
 
 import contextlib
 import json
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
 from torch import nn
+
+from safefiles import atomic_write, brief, open_safetensors
 
 
 class LoRAError(ValueError):
@@ -96,9 +95,6 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), child, new)   # works for ModuleList indices too
 
 
-def _names(keys, limit: int = 4) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 def add_lora(model: nn.Module, where: Callable[[str, nn.Linear], bool], rank: int,
@@ -110,7 +106,7 @@ def add_lora(model: nn.Module, where: Callable[[str, nn.Linear], bool], rank: in
         raise LoRAError(f"add_lora: rank must be a positive int, got {rank!r}")
     if existing := lora_layers(model):
         raise LoRAError(f"model already has {len(existing)} LoRA layers "
-                        f"({_names(existing, 2)}); merge_lora or remove_lora first")
+                        f"({brief(existing, 2)}); merge_lora or remove_lora first")
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and where(n, m)]
     if not names:
         raise LoRAError("add_lora: the predicate matched no nn.Linear of the model")
@@ -167,9 +163,9 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor],
     missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
     shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
               if k in state and state[k].shape != v.shape]
-    problems = ([f"missing {_names(missing)}"] if missing else []) + \
-               ([f"unexpected {_names(unexpected)}"] if unexpected else []) + \
-               ([f"wrong shape {_names(shapes, 2)}"] if shapes else [])
+    problems = ([f"missing {brief(missing)}"] if missing else []) + \
+               ([f"unexpected {brief(unexpected)}"] if unexpected else []) + \
+               ([f"wrong shape {brief(shapes, 2)}"] if shapes else [])
     if problems:
         raise LoRAError("LoRA state does not fit the model: " + "; ".join(problems))
     with torch.no_grad():
@@ -233,21 +229,13 @@ def save_lora(path: str | Path, model: nn.Module, metadata: dict[str, str] | Non
             "lora_adapter_metadata": json.dumps(peft_config, sort_keys=True)}
     extra = dict(metadata or {})
     if clash := ours.keys() & extra.keys():
-        raise LoRAError(f"metadata keys {_names(clash)} are written by save_lora itself")
+        raise LoRAError(f"metadata keys {brief(clash)} are written by save_lora itself")
     if bad := [k for k, v in extra.items() if not isinstance(k, str) or not isinstance(v, str)]:
-        raise LoRAError(f"metadata must map str to str; not so for {_names(map(str, bad))}")
+        raise LoRAError(f"metadata must map str to str; not so for {brief(map(str, bad))}")
     state = {k: v.to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
 
-    # A unique name beside the target (same file system, so os.replace is an atomic rename).
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        safetensors.torch.save_file(state, tmp, metadata={**ours, **extra})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())              # the data is on disk before the rename publishes it
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), lambda tmp: safetensors.torch.save_file(
+        state, tmp, metadata={**ours, **extra}))
 
 
 def read_lora_metadata(path: str | Path) -> dict[str, str]:
@@ -294,19 +282,7 @@ def load_lora_files(paths: list[str | Path], model: nn.Module,
 
 
 def _open(path: Path):
-    """safe_open with one-line errors. Never torch.load: unpickling a file can run its code."""
-    if not path.is_file():
-        raise LoRAError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    # A safetensors file starts with an 8-byte header length and then the JSON header's "{";
-    # torch.save files are zip archives ("PK") or raw pickle streams (b"\x80").
-    if head[:2] == b"PK" or head[:1] == b"\x80" or head[8:9] != b"{":
-        raise LoRAError(f"{path}: not a safetensors file (pickle files are refused, never loaded)")
-    try:
-        return safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError) as e:
-        raise LoRAError(f"{path}: unreadable safetensors file ({e})") from None
+    return open_safetensors(path, LoRAError)
 
 
 def export_single_file(state: dict[str, torch.Tensor], rename: Callable[[str], str],

@@ -38,15 +38,25 @@ def encode_conditions(clip: CLIPVisionEncoder, vae: VAE, image: torch.Tensor, fp
                       generator: torch.Generator | None = None) -> Conditions:
     """image (B, 3, H, W) in [-1, 1] at the video's resolution -> Conditions (float32).
 
-    The augmentation noise is the first draw from `generator` (the reference pipeline's order).
+    The augmentation noise is the first draw from `generator` (the reference pipeline's order),
+    made on the generator's own device (a CPU generator may condition a CUDA image).
     """
-    clip_dtype = next(clip.parameters()).dtype
-    context = clip(preprocess(image.float(), clip.config).to(clip_dtype)).float()[:, None]
-    noise = torch.randn(image.shape, generator=generator, device=image.device, dtype=torch.float32)
+    context = encode_context(clip, image)
+    device = generator.device if generator is not None else image.device
+    noise = torch.randn(image.shape, generator=generator, device=device,
+                        dtype=torch.float32).to(image.device)
     vae_dtype = next(vae.parameters()).dtype
     latent = vae.encode((image.float() + noise_aug_strength * noise).to(vae_dtype)).float()
     ids = torch.tensor([[fps - 1, motion_bucket_id, noise_aug_strength]], device=image.device)
     return Conditions(context, latent, ids.expand(image.shape[0], 3))
+
+
+@torch.no_grad()
+def encode_context(clip: CLIPVisionEncoder, image: torch.Tensor) -> torch.Tensor:
+    """image (B, 3, H, W) in [-1, 1] -> the CLIP embedding (B, 1, C_ctx) float32 of the
+    un-augmented image, the cross-attention context of every frame."""
+    clip_dtype = next(clip.parameters()).dtype
+    return clip(preprocess(image.float(), clip.config).to(clip_dtype)).float()[:, None]
 
 
 def zero_conditions(cond: Conditions) -> Conditions:

@@ -85,6 +85,11 @@ class TemporalBlock(nn.Module):
         return x.reshape(B, S, num_frames, C).transpose(1, 2).reshape(BF, S, C)  # (B*F, S, C)
 
 
+def _join(chunks: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """torch.cat of the chunks' outputs; one chunk is returned as is (cat would copy it)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=dim)
+
+
 def _starts(n: int, pieces: int) -> list[int]:
     """First index of each of torch.tensor_split(range(n), pieces)'s pieces."""
     return [int(c[0]) if len(c) else n for c in torch.arange(n).tensor_split(pieces)]
@@ -126,12 +131,12 @@ class VideoTransformer(nn.Module):
         for spatial_block, temporal_block in zip(self.transformer_blocks,
                                                  self.temporal_transformer_blocks):
             # Each chunk tells its attention where its rows start (frames, then pixels).
-            h = torch.cat([spatial_block(hc, cc, part) for hc, cc, part in
-                           zip(h.tensor_split(pieces), context.tensor_split(pieces),
-                               _starts(BF, pieces))])
-            h_temporal = torch.cat([temporal_block(hc, num_frames, first, part) for hc, part in
-                                    zip((h + pos).tensor_split(pieces, dim=1),
-                                        _starts(H * W, pieces))], dim=1)
+            h = _join([spatial_block(hc, cc, part) for hc, cc, part in
+                       zip(h.tensor_split(pieces), context.tensor_split(pieces),
+                           _starts(BF, pieces))])
+            h_temporal = _join([temporal_block(hc, num_frames, first, part) for hc, part in
+                                zip((h + pos).tensor_split(pieces, dim=1),
+                                    _starts(H * W, pieces))], dim=1)
             h = self.time_mixer(spatial=h, temporal=h_temporal)
 
         h = self.proj_out(h)

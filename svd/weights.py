@@ -35,15 +35,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+import safefiles
+from backbone import WeightsError
+from cli import fail
+from safefiles import brief
+
 from svd.clip import CLIPVisionEncoder
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
 from svd.single_file import IGNORED_PREFIXES, clip_keys, single_file_rename
 from svd.unet import UNet
 from svd.vae import VAE
-
-
-class WeightsError(ValueError):
-    """A weights file or folder that cannot be loaded; the message is one line for the user."""
 
 
 @dataclass
@@ -71,23 +72,9 @@ class SVD:
 # Reading safetensors safely
 # ---------------------------------------------------------------------------------------------
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-
-
 def open_safetensors(path: Path):
-    """safe_open with one-line errors. Never falls back to torch.load: a pickle can run code."""
-    if not path.is_file():
-        raise WeightsError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    # Zip (torch.save) and raw pickle streams start with these bytes; safetensors with a length.
-    if path.suffix in PICKLE_SUFFIXES or head[:2] == b"PK" or head[:1] == b"\x80":
-        raise WeightsError(f"{path}: pickle checkpoint refused (unsafe to load); "
-                           "use the .safetensors file")
-    try:
-        return safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    """safefiles.open_safetensors with WeightsError: one line, never unpickled."""
+    return safefiles.open_safetensors(path, WeightsError)
 
 
 def read_tensors(path: Path, keys: list[str] | None = None):
@@ -116,10 +103,6 @@ def read_tensors(path: Path, keys: list[str] | None = None):
 # Building a model from a state dict, strictly
 # ---------------------------------------------------------------------------------------------
 
-def _names(keys, limit: int = 4) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 def build_strict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
@@ -132,11 +115,11 @@ def build_strict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str
              if tuple(tensors[k].shape) != expected[k]]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing key(s): {_names(missing)}")
+        problems.append(f"{len(missing)} missing key(s): {brief(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_names(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected key(s): {brief(unexpected)}")
     if wrong:
-        problems.append(f"{len(wrong)} shape mismatch(es): {_names(wrong, 2)}")
+        problems.append(f"{len(wrong)} shape mismatch(es): {brief(wrong, 2)}")
     if problems:
         raise WeightsError(f"{source}: " + "; ".join(problems))
     model.load_state_dict(tensors, strict=True, assign=True)
@@ -199,7 +182,7 @@ def _component_file(folder: Path, stem: str, dtype: torch.dtype) -> Path:
     for path in order:
         if path.is_file():
             return path
-    pickles = [p.name for p in folder.glob(f"{stem}*") if p.suffix in PICKLE_SUFFIXES]
+    pickles = [p.name for p in folder.glob(f"{stem}*") if p.suffix in safefiles.PICKLE_SUFFIXES]
     hint = f" (only {pickles[0]}: pickle files are refused)" if pickles else ""
     raise WeightsError(f"{folder}: no {stem}.safetensors or {stem}.fp16.safetensors{hint}")
 
@@ -251,7 +234,7 @@ def sgm_to_diffusers(path: Path, config: SVDConfig, dtype, device):
                 unknown.append(key)
     if unknown:   # refuse before reading gigabytes
         raise WeightsError(f"{path}: {len(unknown)} unexpected key(s) for an SVD single file: "
-                           f"{_names(unknown)}")
+                           f"{brief(unknown)}")
     state = {"unet": {}, "vae": {}, "clip": {}}
     for key, tensor in read_tensors(path, [k for k in keys if k not in skip]):
         component, new = single_file_rename(key, config)
@@ -327,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         svd = load_svd(args.path, getattr(torch, args.dtype))
     except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     for name in ("unet", "vae", "clip"):
         model = getattr(svd, name)
         print(f"{name:5s} {sum(p.numel() for p in model.parameters()):>13,} parameters, "

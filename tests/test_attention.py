@@ -8,10 +8,12 @@ import torch
 
 from attention import (Branch, DiskStore, Key, MemoryStore, RecordSourceAttention,
                        SkipIntervalKV, SpatialAttentionMatching, StepState,
-                       TemporalAttentionInjection, Use, attention_layers, difference_mask,
+                       TemporalAttentionInjection, Use, difference_mask,
                        frame_threshold, installed, temporal_stage)
 from attention.matching import attention_probs, blend_attention
+from backbone import Stage
 from bench.oracles import randomize_
+from svd.backbone import unet_attention_layers as attention_layers
 from svd.config import UNetConfig
 from svd.unet import UNet
 
@@ -48,15 +50,20 @@ def test_registration_order_is_execution_order(unet):
     assert called == list(attention_layers(unet))
 
 
-def test_positions_follow_the_groups_at_released_size():
+def test_positions_and_scales_follow_the_stages_at_released_size():
     with torch.device("meta"):
         unet = UNet(UNetConfig())
     temporal = self_layers(unet, temporal=True)
-    by_group = {}
+    by_stage, scales = {}, {}
     for info in temporal.values():
-        by_group.setdefault(info.group, []).append(info.position)
-    assert by_group == {"down": list(range(6)), "mid": [0], "up": list(range(9))}
+        by_stage.setdefault(info.stage, []).append(info.position)
+        scales.setdefault(info.stage, []).append(info.downsample)
+    assert by_stage == {Stage.DOWN: list(range(6)), Stage.MID: [0], Stage.UP: list(range(9))}
+    assert scales == {Stage.DOWN: [1, 1, 2, 2, 4, 4], Stage.MID: [8],
+                      Stage.UP: [4, 4, 4, 2, 2, 2, 1, 1, 1]}
     assert temporal["up_blocks.1.attentions.2.temporal_transformer_blocks.0.attn1"].position == 2
+    spatial = self_layers(unet, temporal=False)
+    assert [i.downsample for i in spatial.values()] == scales[Stage.DOWN] + [8] + scales[Stage.UP]
 
 
 def test_installed_restores_on_exit_and_on_error(unet):

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from batch_jobs import JobListError, read_jobs
-from svd.media import save_video
+from media import save_video
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "demo" / "weights"
@@ -240,7 +240,8 @@ def test_each_job_starts_from_the_model_as_loaded():
     import torch
 
     from batch import reset_model
-    from lora import add_lora, is_temporal_transformer_linear, lora_layers
+    from lora import add_lora, lora_layers
+    from svd.backbone import is_temporal_transformer_linear
     from svd.config import UNetConfig
     from svd.unet import UNet
 

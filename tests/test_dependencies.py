@@ -1,4 +1,4 @@
-"""Our modules import one way, and no import cycle exists among them (README, "Tour").
+"""Our modules import one way, and no import cycle exists among them (README, "How it works, and where to read it").
 
 Every import of every .py file of the repository is read: at module level and inside functions,
 `import a.b`, `from a.b import c` (c a module or a name in a.b) and relative imports
@@ -24,12 +24,16 @@ SKIPPED_DIRS = {"__pycache__", "runs"}
 
 # The layering, lowest first. A unit may import only itself and units of lower layers.
 LAYERS = [
-    ("edm", "attention", "lora"),   # generic libraries: EDM sampling and inversion (a denoiser
-                                    # D(x, sigma)), attention hooks (layers found by name and
-                                    # duck typing), LoRA on nn.Linear: none knows another
-    ("svd",),                       # the backbone: Stable Video Diffusion
-    ("configs", "source"),          # every knob of edit.py and train.py; stage 2a: SARP, the
-                                    # source's inversion, skip-interval (docs/method.md §4, §7)
+    ("safefiles", "backbone"),      # atomic writes and safe safetensors reads; the Backbone
+                                    # interface and its layer catalogue (docs/porting.md)
+    ("edm", "attention", "lora",    # generic libraries: EDM sampling and inversion (a denoiser
+     "media", "cli"),               # D(x, sigma)), attention hooks (hook points by duck typing,
+                                    # layers from the catalogue), LoRA on nn.Linear, video and
+                                    # image files, flags from dataclasses: none knows another
+    ("svd",),                       # the default backbone: Stable Video Diffusion
+    ("configs", "source",           # every knob of edit.py and train.py; stage 2a: SARP, the
+     "image_to_video"),             # source's inversion, skip-interval (docs/method.md §4, §7);
+                                    # plain image-to-video, the baseline
     ("motion_lora", "refine"),      # stage 1: the motion LoRA (docs/method.md §3); stage 2b:
                                     # appearance refinement and the clip chain (§6, §2)
     ("demo",),                      # the embedded demo: world, tiny model, scores, the bare run
@@ -40,9 +44,14 @@ LAYERS = [
     ("tests",),
 ]
 # Narrower than the layers: the units a unit may use at all (besides itself) ...
-ONLY = {"svd": {"edm"}}             # a port to another backbone replaces svd/ alone
+ONLY = {"svd": {"safefiles", "backbone", "edm", "lora", "cli"}}
 # ... the files an arrow between two units may start from ...
-THROUGH = {("svd", "edm"): {"svd/sampling.py"}}   # where SVD becomes an EDM denoiser
+THROUGH = {("svd", "edm"): {"svd/sampling.py", "svd/backbone.py"},   # SVD as an EDM denoiser
+           ("svd", "lora"): {"svd/backbone.py"}}                     # its LoRA naming
+# The modules of the method, which see a model only through the Backbone interface: none
+# imports svd/, except that each entry point's `main` loads the default backbone.
+BACKBONE_ONLY = ("attention", "source", "motion_lora", "refine", "image_to_video", "configs")
+DEFAULT_LOADER = {"edit": "main", "train": "main"}
 # ... and the units that may import a unit.
 IMPORTED_ONLY_BY = {"batch": {"tests"}, "batch_jobs": {"batch", "tests"}}
 
@@ -65,7 +74,7 @@ def module_files(root: Path) -> dict[str, Path]:
 
 def resolve(name: str, modules: dict[str, Path]) -> str | None:
     """The module of ours that the dotted `name` is or lies in (the longest prefix that is a
-    module: `svd.media.load_video` -> `svd.media`); None if it is not ours."""
+    module: `media.load_video` -> `media`); None if it is not ours."""
     parts = name.split(".")
     for n in range(len(parts), 0, -1):
         if ".".join(parts[:n]) in modules:
@@ -201,6 +210,41 @@ def test_no_import_cycles():
 def test_imports_follow_the_layers():
     problems = layering_violations(ROOT, LAYERS, ONLY, THROUGH, IMPORTED_ONLY_BY)
     assert not problems, "imports against the layering:\n" + "\n".join(problems)
+
+
+def svd_imports(path: Path) -> list[tuple[str, str]]:
+    """(function the import is in, or "" at module level; module) of every import of svd/
+    in the file."""
+    found = []
+
+    def visit(node, function):
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                else function
+            names = ([a.name for a in child.names] if isinstance(child, ast.Import) else
+                     [child.module or ""] if isinstance(child, ast.ImportFrom) else [])
+            found.extend((function, n) for n in names if n == "svd" or n.startswith("svd."))
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text()), "")
+    return found
+
+
+def test_the_method_sees_the_model_only_through_the_backbone_interface():
+    modules = module_files(ROOT)
+    for name, path in modules.items():
+        unit = name.split(".")[0]
+        if unit in BACKBONE_ONLY:
+            assert not svd_imports(path), f"{path.relative_to(ROOT)} imports svd/"
+        elif unit in DEFAULT_LOADER:
+            assert svd_imports(path) == [(DEFAULT_LOADER[unit], "svd.backbone")], (
+                f"{path.relative_to(ROOT)}: svd/ only as the default loader in main")
+
+
+def test_svd_imports_are_found_wherever_they_are(tmp_path):
+    write(tmp_path, {"m.py": "import os\nfrom svd.unet import UNet\n\n\ndef main():\n"
+                             "    if True:\n        import svd.backbone\n"})
+    assert svd_imports(tmp_path / "m.py") == [("", "svd.unet"), ("main", "svd.backbone")]
 
 
 def test_the_graph_sees_every_kind_of_import():

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from bench.oracles import save_oracle_folder
+from media import save_video
 from svd.config import SVDConfig
-from svd.media import save_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,8 @@ def test_train_then_edit_writes_every_output(scene, weights, trained, tmp_path):
 
 def other_base_lora(path, weights_seed, tmp_path, cfg=None):
     """A LoRA file trained (0 steps) on other weights: another seed, or another shape."""
-    from lora import add_lora, is_temporal_transformer_linear, save_lora
+    from lora import add_lora, save_lora
+    from svd.backbone import is_temporal_transformer_linear
     from svd.weights import base_model_id, load_svd
 
     root = tmp_path / f"other{weights_seed}"

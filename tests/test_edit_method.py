@@ -9,11 +9,12 @@ import pytest
 from attention import StepState
 from bench.oracles import save_oracle_folder
 from configs import EditConfig
-from refine import edit_clip, edit_video, image_conditions
+from media import InputError, split_clips
+from refine import edit_clip, edit_video
 from source import (SkipInterval, SourceAttention, SourceConfig, perturb_smooth_areas,
                     record_source)
+from svd.backbone import SVDBackbone
 from svd.config import SVDConfig
-from svd.media import InputError, split_clips
 from svd.weights import load_svd
 from tests.helpers import spy_steps_held
 
@@ -31,7 +32,7 @@ def svd(weights):
 
 
 def cond(svd, image, cfg, seed=1):
-    return image_conditions(svd, image, cfg, torch.Generator().manual_seed(seed))
+    return SVDBackbone.for_run(svd, cfg).condition(image, torch.Generator().manual_seed(seed))
 
 
 def clip_frames(frames=3, seed=0):
@@ -98,16 +99,17 @@ def test_recomputed_memory_and_disk_source_attention_give_identical_edits(svd, t
     for mode in SourceAttention:
         cfg = EditConfig(steps=4, source_attention=mode.value)
         state = StepState()
-        source = record_source(svd, frames, 0, state, cfg, None,
+        source = record_source(SVDBackbone(svd), frames, 0, state, cfg, None,
                                torch.Generator().manual_seed(0), tmp_path / mode.value)
-        outs[mode] = edit_clip(svd, source, cond(svd, edited, cfg), state, cfg)
+        outs[mode] = edit_clip(SVDBackbone(svd), source, cond(svd, edited, cfg), state, cfg)
     assert torch.equal(outs[SourceAttention.RECOMPUTE], outs[SourceAttention.MEMORY])
     assert torch.equal(outs[SourceAttention.DISK], outs[SourceAttention.MEMORY])
     # and the method does something: the ablated edit differs
     cfg = EditConfig(steps=4, no_spatial_matching=True, no_temporal_selector=True)
     state = StepState()
-    source = record_source(svd, frames, 0, state, cfg, None, torch.Generator().manual_seed(0))
-    plain = edit_clip(svd, source, cond(svd, edited, cfg), state, cfg)
+    source = record_source(SVDBackbone(svd), frames, 0, state, cfg, None,
+                           torch.Generator().manual_seed(0))
+    plain = edit_clip(SVDBackbone(svd), source, cond(svd, edited, cfg), state, cfg)
     assert (plain - outs[SourceAttention.MEMORY]).abs().max() > 1e-3
 
 
@@ -115,10 +117,11 @@ def test_recomputed_memory_and_disk_source_attention_give_identical_edits(svd, t
 def test_recompute_keeps_only_one_step_of_attention(svd):
     cfg = EditConfig(steps=4)
     state = StepState()
-    source = record_source(svd, clip_frames(), 0, state, cfg, None, torch.Generator().manual_seed(0))
+    source = record_source(SVDBackbone(svd), clip_frames(), 0, state, cfg, None,
+                           torch.Generator().manual_seed(0))
     assert len(source.store.tensors) == 0 and len(source.trajectory) == 4
     steps_held = spy_steps_held(source.store)
-    edit_clip(svd, source, cond(svd, clip_frames()[:1], cfg), state, cfg)
+    edit_clip(SVDBackbone(svd), source, cond(svd, clip_frames()[:1], cfg), state, cfg)
     assert set(steps_held) == {1}                # one step's records at a time, every step
     assert len(steps_held) > 0 and len(source.store.tensors) == 0     # none kept after
 
@@ -133,9 +136,9 @@ def long_video_edit(svd, cfg, skip_mode, video, edited, chunk=None, spy=False):
         skip, state = SkipInterval.for_video(skip_mode, len(clips)), StepState()
         if spy:
             skip.steps_held = spy_steps_held(skip.kv)
-        sources = [record_source(svd, video[c], k, state, cfg, skip,
+        sources = [record_source(SVDBackbone(svd), video[c], k, state, cfg, skip,
                                  torch.Generator().manual_seed(0)) for k, c in enumerate(clips)]
-        frames = edit_video(svd, sources, edited, [None] * len(clips), cfg, skip,
+        frames = edit_video(SVDBackbone(svd), sources, edited, [None] * len(clips), cfg, skip,
                             clips=clips, progress=lambda *a: None)
     finally:
         svd.unet.chunk_size = None
@@ -162,9 +165,9 @@ def test_skip_interval_recomputed_equals_kept_in_memory(svd):
     cfg_alone = EditConfig(steps=3, num_frames=3, overlap=1, no_skip_interval=True)
     clips = split_clips(7, 3, 1)
     state = StepState()
-    sources = [record_source(svd, video[c], k, state, cfg_alone, None,
+    sources = [record_source(SVDBackbone(svd), video[c], k, state, cfg_alone, None,
                              torch.Generator().manual_seed(0)) for k, c in enumerate(clips)]
-    alone = edit_video(svd, sources, video[:1].flip(-1), [None] * 3, cfg_alone, None,
+    alone = edit_video(SVDBackbone(svd), sources, video[:1].flip(-1), [None] * 3, cfg_alone, None,
                        clips=clips, progress=lambda *a: None)
     assert (alone[3:] - kept[3:]).abs().max() > 1e-3
 
@@ -191,7 +194,7 @@ def test_inversion_runs_in_float32_unless_asked(weights, at_run_dtype):
     seen = []
     hook = svd.unet.conv_in.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
     try:
-        record_source(svd, clip_frames(), 0, StepState(),
+        record_source(SVDBackbone(svd), clip_frames(), 0, StepState(),
                       EditConfig(steps=2, invert_at_run_dtype=at_run_dtype))
     finally:
         hook.remove()

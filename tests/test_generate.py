@@ -7,9 +7,10 @@ import torch
 from PIL import Image
 
 from bench.oracles import save_oracle_folder
+from image_to_video import generate_video
+from media import load_image
+from svd.backbone import SVDBackbone
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
-from svd.media import load_image
-from svd.sampling import generate_video
 from svd.weights import load_svd
 
 # The reference pipeline resizes the CLIP input to 224 x 224 whatever the encoder's config says,
@@ -57,9 +58,10 @@ def test_image_to_video_matches_diffusers_pipeline(tiny_svd, tmp_path):
             num_inference_steps=25, min_guidance_scale=1.0, max_guidance_scale=3.0, fps=7,
             motion_bucket_id=127, noise_aug_strength=0.02, decode_chunk_size=F,
             generator=torch.Generator().manual_seed(42), output_type="pt").frames[0]
-    got = generate_video(svd, load_image(tmp_path / "frame.png", 32, 48), num_frames=F, steps=25,
-                         min_guidance=1.0, max_guidance=3.0, fps=7, motion_bucket_id=127,
-                         noise_aug_strength=0.02, generator=torch.Generator().manual_seed(42))
+    backbone = SVDBackbone(svd, fps=7, motion_bucket_id=127, noise_aug_strength=0.02)
+    got = generate_video(backbone, load_image(tmp_path / "frame.png", 32, 48), num_frames=F,
+                         steps=25, min_guidance=1.0, max_guidance=3.0,
+                         generator=torch.Generator().manual_seed(42))
     diff = (got - expected).abs().max().item()
     print(f"image-to-video parity, 25 steps, guidance 1->3: max abs diff {diff:.2e} "
           f"(frames std {expected.std():.3f})")

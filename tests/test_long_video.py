@@ -1,7 +1,7 @@
 """Long videos clip by clip (source.py, motion_lora.py, refine.py, attention/; edit.py's checks),
 on tiny random weights (CPU, fp32) and, for reconstruction, on the shipped demo model.
 
-- Every accepted --overlap: the clips of `split_clips` (svd/media.py), the chain of edit_video (the
+- Every accepted --overlap: the clips of `split_clips` (media.py), the chain of edit_video (the
   frame and latent `handover` gives clip k are clip k-1's edit of clip k's first frame) and which
   clip writes each output frame; overlap 0 and overlap >= F are one error.
 - The unconditional branch of an edit pass is the plain U-Net (but for skip-interval K/V).
@@ -23,23 +23,23 @@ import attention.matching
 import edit
 import motion_lora
 import refine
+from attention import Branch, MemoryStore, SkipIntervalKV, SpatialAttentionMatching, StepState
+from attention import hook_points, installed
 from bench.oracles import randomize_
 from configs import EditConfig, TrainConfig
 from demo import world
 from demo.evaluate import WEIGHTS, edit_config, psnr, to_model
-from attention import Branch, MemoryStore, SkipIntervalKV, SpatialAttentionMatching, StepState
-from attention import attention_layers, hook_points, installed
 from edm import inversion_sigmas, karras_sigmas
-from lora import lora_layers, remove_lora
+from image_to_video import generate_video
+from media import InputError, save_video, split_clips
 from motion_lora import nearest_step, train_motion_lora
-from refine import edit_video, image_conditions
+from refine import edit_video
 from source import SkipInterval, record_source
+from svd.backbone import SVDBackbone, unet_attention_layers
 from svd.clip import CLIPVisionEncoder
 from svd.config import SVDConfig
 from svd.latents import decode_latents
 from svd.layers import sdpa
-from svd.media import InputError, save_video, split_clips
-from svd.sampling import generate_video
 from svd.unet import UNet
 from svd.vae import VAE
 from svd.weights import SVD, load_svd
@@ -93,14 +93,14 @@ class Chain:
         self.clips, self.handovers, self.current = [], [], {}
         edit_clip, handover = refine.edit_clip, refine.handover
 
-        def spy_edit_clip(svd, source, cond, state, cfg, skip=None, *args, **kwargs):
+        def spy_edit_clip(backbone, source, cond, state, cfg, skip=None, *args, **kwargs):
             self.current = dict(clip=source.clip, state=state, skip=skip)
-            latents = edit_clip(svd, source, cond, state, cfg, skip, *args, **kwargs)
+            latents = edit_clip(backbone, source, cond, state, cfg, skip, *args, **kwargs)
             self.clips.append(dict(clip=source.clip, cond=cond, latents=latents, state=state))
             return latents
 
-        def spy_handover(svd, frame, latent, cfg, generator):
-            cond = handover(svd, frame, latent, cfg, generator)
+        def spy_handover(backbone, frame, latent, cfg, generator):
+            cond = handover(backbone, frame, latent, cfg, generator)
             self.handovers.append(dict(frame=frame.clone(), latent=latent.clone(), cond=cond))
             return cond
 
@@ -110,7 +110,9 @@ class Chain:
 
 def record_video(svd, video, cfg, clips, skip=None):
     state = StepState()
-    return [record_source(svd, video[c], k, state, cfg, skip, torch.Generator().manual_seed(0))
+    backbone = SVDBackbone(svd)
+    return [record_source(backbone, video[c], k, state, cfg, skip,
+                          torch.Generator().manual_seed(0))
             for k, c in enumerate(clips)]
 
 
@@ -146,7 +148,7 @@ def test_every_accepted_overlap_cuts_and_chains_the_clips(svd, monkeypatch, over
     skip = SkipInterval.for_video(cfg.skip_interval_kv, len(clips))
     sources = record_video(svd, video, cfg, clips, skip)
     chain = Chain(monkeypatch)
-    out = edit_video(svd, sources, video[:1].flip(-1), [None] * len(clips), cfg, skip,
+    out = edit_video(SVDBackbone(svd), sources, video[:1].flip(-1), [None] * len(clips), cfg, skip,
                      clips=clips, progress=quiet)
     assert out.shape == (length, 3, SIDE, SIDE)                               # exactly N frames
 
@@ -207,25 +209,25 @@ def test_unconditional_branch_is_untouched_by_the_injections(svd, monkeypatch):
     sources = record_video(svd, video, cfg, clips, skip)
     chain = Chain(monkeypatch)
     calls = {Branch.UNCOND: [], Branch.COND: []}
-    v_denoise = refine.v_denoise
+    denoise = SVDBackbone.denoise
     plain = {name: sdpa for name in hook_points(svd.unet)}
-    temporal = [n for n, layer in attention_layers(svd.unet).items()
+    temporal = [n for n, layer in unet_attention_layers(svd.unet).items()
                 if layer.temporal and layer.self_attention]
 
-    def spy(unet, x, sigma, cond):
-        out = v_denoise(unet, x, sigma, cond)
+    def spy(backbone, x, sigma, cond):
+        out = denoise(backbone, x, sigma, cond)
         run = chain.current
         if run["state"].branch in calls:
             procs = dict(plain)
             if run["clip"] > 0:                      # clip 0's K/V of this step and branch
                 procs.update({n: SkipIntervalKV(run["skip"].kv, run["state"]) for n in temporal})
-            with installed(unet, procs):
-                expected = v_denoise(unet, x, sigma, cond)
+            with installed(backbone.network, procs):
+                expected = denoise(backbone, x, sigma, cond)
             calls[run["state"].branch].append((run["clip"], (out - expected).abs().max()))
         return out
 
-    monkeypatch.setattr(refine, "v_denoise", spy)
-    edit_video(svd, sources, video[:1].flip(-1), [None] * 2, cfg, skip, clips=clips,
+    monkeypatch.setattr(SVDBackbone, "denoise", spy)
+    edit_video(SVDBackbone(svd), sources, video[:1].flip(-1), [None] * 2, cfg, skip, clips=clips,
                progress=quiet)
     assert [c for c, _ in calls[Branch.UNCOND]] == [0, 0, 1, 1]     # steps x clips
     assert all(err == 0 for _, err in calls[Branch.UNCOND]), calls[Branch.UNCOND]
@@ -277,15 +279,16 @@ def test_later_clip_joins_clip_zero_of_the_same_edit_and_branch(svd, monkeypatch
     sources = []
     for k, c in enumerate(clips):
         phase["clip"] = k
-        sources.append(record_source(svd, video[c], k, state, cfg, skip,
+        sources.append(record_source(SVDBackbone(svd), video[c], k, state, cfg, skip,
                                      torch.Generator().manual_seed(0)))
     images = {"A": video[:1].flip(-1), "B": -video[:1]}
     for name, image in images.items():
         phase["name"] = name
-        edit_video(svd, sources, image, [None] * 2, cfg, skip, clips=clips, progress=quiet)
+        edit_video(SVDBackbone(svd), sources, image, [None] * 2, cfg, skip, clips=clips,
+                   progress=quiet)
 
     temporal = sum(layer.temporal and layer.self_attention
-                   for layer in attention_layers(svd.unet).values())
+                   for layer in unet_attention_layers(svd.unet).values())
     by_phase = {}
     for (name, step, branch, layer, part), k0, v0 in joined:
         by_phase.setdefault(name, []).append(branch)
@@ -345,10 +348,10 @@ def test_mask_threshold_ramp_uses_the_frame_index_within_the_clip(svd, monkeypat
     monkeypatch.setattr(SpatialAttentionMatching, "__call__", spy_call)
     monkeypatch.setattr(attention.matching, "frame_threshold", spy_threshold)
     masks = MemoryStore()
-    edit_video(svd, sources, video[:1].flip(-1), [None] * 2, cfg, None, masks, clips,
+    edit_video(SVDBackbone(svd), sources, video[:1].flip(-1), [None] * 2, cfg, None, masks, clips,
                progress=quiet)
 
-    spatial = [n for n, layer in attention_layers(svd.unet).items()
+    spatial = [n for n, layer in unet_attention_layers(svd.unet).items()
                if layer.spatial and layer.self_attention]
     passes = {}
     for c in calls:
@@ -386,7 +389,8 @@ def test_training_joins_clip_zero_kv_of_the_inversion_step_nearest_the_drawn_sig
     F_, N, video = 3, 4, random_video(5, seed=3)
     clips = split_clips(5, F_, 1)
     skip = SkipInterval.for_video("memory", len(clips))
-    record_source(svd, video[clips[0]], 0, StepState(), EditConfig(steps=N, num_frames=F_),
+    record_source(SVDBackbone(svd), video[clips[0]], 0, StepState(),
+                  EditConfig(steps=N, num_frames=F_),
                   skip, torch.Generator().manual_seed(0))
     assert {key.step for key in skip.kv.tensors} == set(range(N))
     events = []
@@ -406,7 +410,7 @@ def test_training_joins_clip_zero_kv_of_the_inversion_step_nearest_the_drawn_sig
     tcfg = TrainConfig(steps=8, rank=2, num_frames=F_, height=SIDE, width=SIDE,
                        steps_inversion=N, skip_interval_kv="memory", dtype="float32",
                        device="cpu", seed=5)
-    train_motion_lora(svd, video[clips[1]], 1, tcfg, skip, progress=False)
+    train_motion_lora(SVDBackbone(svd), video[clips[1]], 1, tcfg, skip, progress=False)
 
     draws = []                                           # (sigma, keys read in that step)
     for kind, value in events:
@@ -416,7 +420,7 @@ def test_training_joins_clip_zero_kv_of_the_inversion_step_nearest_the_drawn_sig
             draws[-1][1].append(value)
     assert len(draws) == tcfg.steps
     sigmas_inv = inversion_sigmas(karras_sigmas(N))
-    temporal = {(n, what) for n, layer in attention_layers(svd.unet).items()
+    temporal = {(n, what) for n, layer in unet_attention_layers(svd.unet).items()
                 if layer.temporal and layer.self_attention for what in ("k", "v")}
     steps = []
     for sigma, keys in draws:
@@ -447,12 +451,12 @@ def test_unedited_first_frame_gives_the_source_back():
     ex = world.example(1, world.EditKind.RESHAPE)
     cfg = edit_config(ex, steps=10)
     video = to_model(ex["source"])                                  # (8, 3, 64, 64)
-    source = record_source(svd, video, 0, StepState(), cfg, None,
+    source = record_source(SVDBackbone(svd), video, 0, StepState(), cfg, None,
                            torch.Generator().manual_seed(cfg.seed))
-    frames = edit_video(svd, [source], video[:1], [None], cfg, progress=quiet)
-    plain = generate_video(svd, video[:1], cfg.num_frames, cfg.steps, cfg.min_guidance,
-                           cfg.max_guidance, cfg.fps, cfg.motion_bucket_id,
-                           cfg.noise_aug_strength, torch.Generator().manual_seed(cfg.seed))
+    frames = edit_video(SVDBackbone(svd), [source], video[:1], [None], cfg, progress=quiet)
+    plain = generate_video(SVDBackbone.for_run(svd, cfg), video[:1], cfg.num_frames, cfg.steps,
+                           cfg.min_guidance, cfg.max_guidance,
+                           torch.Generator().manual_seed(cfg.seed))
     got = psnr(frames.permute(0, 2, 3, 1).numpy(), ex["source"])
     baseline = psnr(plain.permute(0, 2, 3, 1).numpy(), ex["source"])
     assert got > 25.0, got                                          # measured 27.9

@@ -11,9 +11,10 @@ from torch import nn
 
 from bench.oracles import diffusers_tiny_unet, randomize_
 from lora import (LoRAError, LoRALinear, add_lora, export_single_file,
-                  is_temporal_transformer_linear, load_lora, lora_layers, lora_parameters,
+                  load_lora, lora_layers, lora_parameters,
                   lora_state_dict, merge_lora, read_lora_metadata, remove_lora, save_lora,
                   set_lora_scale)
+from svd.backbone import is_temporal_transformer_linear
 from svd.config import UNetConfig
 from svd.unet import UNet
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from svd import media
-from svd.config import CLIPConfig, SVDConfig
-from svd.media import (Fit, InputError, check_aspect, fit_image, load_image, load_video,
+import media
+from media import (Fit, InputError, check_aspect, fit_image, load_image, load_video,
                        pil_to_tensor, probe_video, resolve_size, working_size)
+from svd.config import CLIPConfig, SVDConfig
 from svd.weights import SVD, unet_config_from_diffusers, vae_config_from_diffusers
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "demo" / "weights"

@@ -8,17 +8,19 @@ import safetensors.torch
 import torch
 
 import motion_lora
+import safefiles
 from attention import MemoryStore, StepState
 from bench.oracles import save_oracle_folder
 from configs import EditConfig, TrainConfig, train_config
-from edm import edm_loss_weight, karras_sigmas, sample_euler
+from edm import edm_loss_weight, frame_guidance, guided, karras_sigmas, sample_euler
 from lora import read_lora_metadata, set_lora_scale
 from motion_lora import train_motion_lora
 from source import ClipZeroKV, SkipInterval, SourceConfig, record_source
+from svd.backbone import SVDBackbone
 from svd.conditioning import encode_conditions
 from svd.config import SVDConfig
 from svd.latents import encode_video
-from svd.sampling import frame_guidance, guided_denoiser, v_denoise
+from svd.sampling import v_denoise
 from svd.weights import load_svd
 from tests.helpers import spy_steps_held
 
@@ -59,7 +61,10 @@ def generate(svd, frames, scale):
                              torch.Generator().manual_seed(0))
     sigmas = karras_sigmas(10)
     x = torch.randn(1, len(frames), 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    denoise = guided_denoiser(svd.unet, cond, frame_guidance(len(frames), 1.0, 1.0))
+    backbone = SVDBackbone(svd)
+    denoise = guided(lambda x, s, step: backbone.denoise(x, s, backbone.uncondition(cond)),
+                     lambda x, s, step: backbone.denoise(x, s, cond),
+                     frame_guidance(len(frames), 1.0, 1.0))
     return sample_euler(denoise, x * (sigmas[0] ** 2 + 1).sqrt(), sigmas)
 
 
@@ -68,7 +73,7 @@ def test_training_lowers_the_loss_and_pulls_the_motion_towards_the_clip(svd):
     before = fixed_loss(svd, frames)
     # lr 3e-3 instead of the paper's 5e-4 so that 30 steps suffice on CPU
     cfg = TrainConfig(steps=30, rank=4, lr=3e-3, dropout=0.0)
-    train_motion_lora(svd, frames, 0, cfg, progress=False)
+    train_motion_lora(SVDBackbone(svd), frames, 0, cfg, progress=False)
     set_lora_scale(svd.unet, 1.0)
     after = fixed_loss(svd, frames)
     print(f"\nfixed-sigma EDM loss: {before:.3f} before, {after:.3f} after 30 steps")
@@ -89,7 +94,8 @@ def test_resume_continues_to_the_same_weights(svd, tmp_path, monkeypatch):
     frames = moving_square(3)
     cfg = TrainConfig(steps=6, rank=4, checkpoint_every=3, dropout=0.1)   # dropout: RNG state too
     (tmp_path / "a").mkdir()
-    whole = train_motion_lora(svd, frames, 0, cfg, None, tmp_path / "a" / "clip0.safetensors",
+    whole = train_motion_lora(SVDBackbone(svd), frames, 0, cfg, None,
+                              tmp_path / "a" / "clip0.safetensors",
                               progress=False)
 
     calls = {"n": 0}
@@ -104,13 +110,14 @@ def test_resume_continues_to_the_same_weights(svd, tmp_path, monkeypatch):
     out = tmp_path / "b" / "clip0.safetensors"
     monkeypatch.setattr(motion_lora, "edm_loss_weight", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_motion_lora(svd, frames, 0, cfg, None, out, progress=False)
+        train_motion_lora(SVDBackbone(svd), frames, 0, cfg, None, out, progress=False)
     monkeypatch.setattr(motion_lora, "edm_loss_weight", edm_loss_weight)
     assert not out.exists()
     step = int(safetensors.safe_open(str(out.with_name("checkpoint-clip0.safetensors")),
                                      "pt").metadata()["step"])
     assert step == 3                                              # the last checkpoint
-    resumed = train_motion_lora(svd, frames, 0, cfg, None, out, resume=True, progress=False)
+    resumed = train_motion_lora(SVDBackbone(svd), frames, 0, cfg, None, out, resume=True,
+                                progress=False)
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert not [p for p in tmp_path.rglob(".*")]                  # no temporary files
@@ -120,16 +127,17 @@ def test_failed_checkpoint_write_keeps_the_previous_one(svd, tmp_path, monkeypat
     frames = moving_square(3)
     out = tmp_path / "clip0.safetensors"
     cfg = TrainConfig(steps=2, rank=2, checkpoint_every=1)
-    train_motion_lora(svd, frames, 0, cfg, None, out, progress=False)
+    train_motion_lora(SVDBackbone(svd), frames, 0, cfg, None, out, progress=False)
     checkpoint = tmp_path / "checkpoint-clip0.safetensors"
     before = checkpoint.read_bytes()
 
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(motion_lora.os, "replace", broken_replace)
+    monkeypatch.setattr(safefiles.os, "replace", broken_replace)
     with pytest.raises(OSError):
-        train_motion_lora(svd, frames, 0, TrainConfig(steps=3, rank=2, checkpoint_every=1), None,
+        train_motion_lora(SVDBackbone(svd), frames, 0,
+                          TrainConfig(steps=3, rank=2, checkpoint_every=1), None,
                           out, resume=True, progress=False)
     assert checkpoint.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -142,18 +150,20 @@ def test_later_clips_train_against_clip_zero_kv_kept_or_recomputed(svd):
     weights = {}
     for mode in (ClipZeroKV.MEMORY, ClipZeroKV.RECOMPUTE):
         skip = SkipInterval.for_video(mode.value, 2)
-        record_source(svd, frames, 0, StepState(), cfg, skip, torch.Generator().manual_seed(0))
+        record_source(SVDBackbone(svd), frames, 0, StepState(), cfg, skip,
+                      torch.Generator().manual_seed(0))
         steps_held = spy_steps_held(skip.kv)
-        weights[mode] = train_motion_lora(svd, frames.flip(-1), 1, tcfg, skip, progress=False)
+        weights[mode] = train_motion_lora(SVDBackbone(svd), frames.flip(-1), 1, tcfg, skip,
+                                          progress=False)
     # rerunning clip 0's source pass of each drawn step gives the kept K/V (one call a step)
     assert skip.mode is ClipZeroKV.RECOMPUTE and skip.extra_calls == tcfg.steps
     assert set(steps_held) == {1} and len(skip.kv.tensors) == 0    # one step, none after
     for name, w in weights[ClipZeroKV.MEMORY].items():
         torch.testing.assert_close(weights[ClipZeroKV.RECOMPUTE][name], w, rtol=0, atol=1e-6)
-    alone = train_motion_lora(svd, frames.flip(-1), 1, tcfg, None, progress=False)
+    alone = train_motion_lora(SVDBackbone(svd), frames.flip(-1), 1, tcfg, None, progress=False)
     assert any((alone[n] - w).abs().max() > 1e-4 for n, w in weights[ClipZeroKV.MEMORY].items())
     with pytest.raises(KeyError):                                 # it does read the store
-        train_motion_lora(svd, frames.flip(-1), 1, tcfg,
+        train_motion_lora(SVDBackbone(svd), frames.flip(-1), 1, tcfg,
                           SkipInterval(ClipZeroKV.MEMORY, MemoryStore()), progress=False)
 
 
@@ -168,10 +178,10 @@ def test_chunked_unet_gives_a_later_clip_the_same_training_loss(svd, chunk, tmp_
         svd.unet.chunk_size = chunk_size
         try:
             skip = SkipInterval.for_video("recompute", 2)
-            record_source(svd, frames, 0, StepState(), SourceConfig(steps=4), skip,
+            record_source(SVDBackbone(svd), frames, 0, StepState(), SourceConfig(steps=4), skip,
                           torch.Generator().manual_seed(0))
             out = tmp_path / f"chunk{chunk_size}.safetensors"
-            train_motion_lora(svd, frames.flip(-1), 1, TrainConfig(steps=1, rank=2,
+            train_motion_lora(SVDBackbone(svd), frames.flip(-1), 1, TrainConfig(steps=1, rank=2,
                               steps_inversion=4), skip, out, progress=False)
             losses.append(json.loads(read_lora_metadata(out)["losses_first_last"])[0])
         finally:

@@ -14,8 +14,6 @@ the split of a video into clips), each failing with one `InputError` line.
 
 import enum
 import math
-import os
-import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from safefiles import atomic_write
 
 
 class InputError(ValueError):
@@ -87,20 +87,10 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_video(frames: np.ndarray, path: Path, fps: float) -> None:
-    """(F, H, W, 3) uint8 -> H.264 mp4 (av is imported here so the rest runs without it)."""
+def save_video(frames: np.ndarray, path: Path, fps: float, lossless: bool = False) -> None:
+    """(F, H, W, 3) uint8 -> H.264 mp4 (av is imported here so the rest runs without it).
+    `lossless`: 4:4:4 at quantiser 0, every colour kept (for inputs that are measured after a
+    round trip, as the demo's); else the usual 4:2:0 that every player reads."""
     import av
 
     fps = Fraction(fps).limit_denominator(1000)            # 2.5 fps is a valid stream rate
@@ -109,7 +99,9 @@ def save_video(frames: np.ndarray, path: Path, fps: float) -> None:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
+            stream.pix_fmt = "yuv444p" if lossless else "yuv420p"
+            if lossless:
+                stream.options = {"qp": "0"}
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode())

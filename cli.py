@@ -5,6 +5,7 @@ no YAML: every setting and its default are read in one place, and a typo in a fl
 argparse's error, not a silently ignored key)."""
 
 import argparse
+import sys
 from dataclasses import field, fields
 
 
@@ -45,3 +46,10 @@ def build_parser(config_cls, prog: str, description: str, epilog: str) -> argpar
             kind = type(default) if minimum is None else at_least(minimum)
             parser.add_argument(flag, type=kind, default=default, help=help_text)
     return parser
+
+
+def fail(error: Exception) -> int:
+    """A user's mistake (bad flag value, missing or broken file, weights or LoRA that do not
+    fit) as the one line `error: ...` on stderr; the exit status 2 of the entry points."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
