@@ -24,9 +24,11 @@ Scores, against the ground-truth edited video:
            of the ground truth (1 = whole; below, it fades or breaks up; above, it smears)
     moved  the object moving: distance (pixels) its centroid travels from frame 0 to frame F-1
            (the ground truth's is printed beside it as "truth")
-    found  the share of frames 1..F-1 in which the edited object is found where the ground truth
-           has it: its colour mask overlaps the ground truth's with IoU >= 0.5 (an edit lost on
-           the way, or left behind where the object was, is not found)
+    found  the share of frames 1..F-1 in which the edited object is found as the ground truth
+           has it: the mask of the edit's colour overlaps the ground truth's with IoU >= 0.5,
+           and at least as much as the same mask of the unedited source (an edit lost on the
+           way, left behind where the object was, or gone back to the source's shape or
+           pattern, is not found)
 
     python -m demo.evaluate --scenes 20              # prints the table, writes markdown + grid
     python -m demo.evaluate --merge A B --out C      # one table from runs split over processes
@@ -142,12 +144,19 @@ def travel(mask: np.ndarray) -> float:
     return 0.0 if c[0] is None or c[-1] is None else float(np.linalg.norm(c[-1] - c[0]))
 
 
-def found_share(found: np.ndarray, truth: np.ndarray) -> float:
-    """Share of frames 1..F-1 where the mask `found` (F, H, W) overlaps `truth` with
-    IoU >= FOUND_IOU."""
-    inter = (found & truth)[1:].sum(axis=(1, 2))
-    union = (found | truth)[1:].sum(axis=(1, 2))
-    return float(np.mean(inter >= FOUND_IOU * np.maximum(union, 1)))
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per frame, intersection over union of two (F, H, W) bool masks (0 where both are empty)."""
+    return (a & b).sum(axis=(1, 2)) / np.maximum((a | b).sum(axis=(1, 2)), 1)
+
+
+def found_share(found: np.ndarray, ex: dict) -> float:
+    """Share of frames 1..F-1 where `found` (F, H, W), the mask of the edit's colour in an
+    output, matches the ground truth's (IoU >= FOUND_IOU) at least as well as the source's
+    (module docstring)."""
+    truth = world.colour_mask(ex["edited"], ex["target_colour"])
+    source = world.colour_mask(ex["source"], ex["target_colour"])
+    overlap = iou(found, truth)
+    return float(np.mean(((overlap >= FOUND_IOU) & (overlap >= iou(found, source)))[1:]))
 
 
 def scores(frames: np.ndarray, ex: dict) -> dict[str, float]:
@@ -161,7 +170,7 @@ def scores(frames: np.ndarray, ex: dict) -> dict[str, float]:
             "bg": psnr(frames, ex["edited"], bg),
             "cons": psnr(frames[1:], frames[:-1], steady),
             "area": float(found[1:].sum(axis=(1, 2)).mean() / max(truth[0].sum(), 1)),
-            "moved": travel(found), "truth": travel(truth), "found": found_share(found, truth)}
+            "moved": travel(found), "truth": travel(truth), "found": found_share(found, ex)}
 
 
 # ---------------------------------------------------------------------------------------------

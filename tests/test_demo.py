@@ -98,6 +98,13 @@ def test_found_share_counts_the_frames_where_the_edited_object_is():
     overlap = [(moved[0] & m).sum() / (moved[0] | m).sum() for m in moved[1:]]
     expected = np.mean(np.array(overlap) >= 0.5)                  # left where it was
     assert scores(frozen, ex)["found"] == expected < 1.0
+    # a reshape or a pattern gone back to the source's: on the right path, in the right
+    # colour, not found
+    for seed, kind in ((1, world.EditKind.RESHAPE), (2, world.EditKind.PATTERN)):
+        ex = world.example(seed, kind)
+        assert scores(ex["edited"], ex)["found"] == 1.0
+        assert trajectory_error(ex["source"], ex) < 1.5
+        assert scores(ex["source"], ex)["found"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from PIL import Image
 
 import attention.matching
 import edit
-import motion_lora
 import refine
 from attention import Branch, MemoryStore, SkipIntervalKV, SpatialAttentionMatching, StepState
 from attention import hook_points, installed
@@ -394,10 +393,10 @@ def test_training_joins_clip_zero_kv_of_the_inversion_step_nearest_the_drawn_sig
                   skip, torch.Generator().manual_seed(0))
     assert {key.step for key in skip.kv.tensors} == set(range(N))
     events = []
-    draw, get = motion_lora.sample_training_sigmas, skip.kv.get
+    draw, get = SVDBackbone.training_sigmas, skip.kv.get
 
-    def spy_draw(n, generator=None):
-        sigmas = draw(n, generator)
+    def spy_draw(backbone, n, generator=None):
+        sigmas = draw(backbone, n, generator)
         events.append(("sigma", float(sigmas[0])))
         return sigmas
 
@@ -405,7 +404,7 @@ def test_training_joins_clip_zero_kv_of_the_inversion_step_nearest_the_drawn_sig
         events.append(("get", key))
         return get(key)
 
-    monkeypatch.setattr(motion_lora, "sample_training_sigmas", spy_draw)
+    monkeypatch.setattr(SVDBackbone, "training_sigmas", spy_draw)
     monkeypatch.setattr(skip.kv, "get", spy_get)
     tcfg = TrainConfig(steps=8, rank=2, num_frames=F_, height=SIDE, width=SIDE,
                        steps_inversion=N, skip_interval_kv="memory", dtype="float32",

@@ -100,7 +100,7 @@ def test_resume_continues_to_the_same_weights(svd, tmp_path, monkeypatch):
 
     calls = {"n": 0}
 
-    def interrupted(sigma):
+    def interrupted(backbone, sigma):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
@@ -108,10 +108,9 @@ def test_resume_continues_to_the_same_weights(svd, tmp_path, monkeypatch):
 
     (tmp_path / "b").mkdir()
     out = tmp_path / "b" / "clip0.safetensors"
-    monkeypatch.setattr(motion_lora, "edm_loss_weight", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(SVDBackbone, "loss_weight", interrupted)
         train_motion_lora(SVDBackbone(svd), frames, 0, cfg, None, out, progress=False)
-    monkeypatch.setattr(motion_lora, "edm_loss_weight", edm_loss_weight)
     assert not out.exists()
     step = int(safetensors.safe_open(str(out.with_name("checkpoint-clip0.safetensors")),
                                      "pt").metadata()["step"])
