@@ -139,8 +139,9 @@ def run_demo(edit_main, argv: list[str] | None = None) -> int:
     for label, s in (("I2VEdit (this run)", edited), ("plain image-to-video", baseline)):
         print(f"{label:22s}{s['traj']:8.2f}{s['psnr']:8.2f}{s['bg']:9.2f}{s['cons']:13.2f}"
               f"{s['found']:8.0%}")
-    print(f"found: the share of frames 1-{len(ex['edited']) - 1} in which the edited object "
-          "is where the ground truth has it (IoU >= 0.5)")
+    print(f"found: the share of frames 1-{len(ex['edited']) - 1} in which the mask of the "
+          "edit's colour matches the ground truth's (IoU >= 0.5) at least as well as the "
+          "unedited source's")
     picture = run / "demo_strip.png"
     save_png(strip([ex["source"], ex["edited"], to_numpy(plain),
                     read_frames(run / f"{frame.stem}_frames")]), picture)
