@@ -149,12 +149,10 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a & b).sum(axis=(1, 2)) / np.maximum((a | b).sum(axis=(1, 2)), 1)
 
 
-def found_share(found: np.ndarray, ex: dict) -> float:
+def found_share(found: np.ndarray, truth: np.ndarray, source: np.ndarray) -> float:
     """Share of frames 1..F-1 where `found` (F, H, W), the mask of the edit's colour in an
-    output, matches the ground truth's (IoU >= FOUND_IOU) at least as well as the source's
-    (module docstring)."""
-    truth = world.colour_mask(ex["edited"], ex["target_colour"])
-    source = world.colour_mask(ex["source"], ex["target_colour"])
+    output, matches the ground truth's mask `truth` (IoU >= FOUND_IOU) at least as well as the
+    unedited source's `source` (module docstring)."""
     overlap = iou(found, truth)
     return float(np.mean(((overlap >= FOUND_IOU) & (overlap >= iou(found, source)))[1:]))
 
@@ -170,7 +168,8 @@ def scores(frames: np.ndarray, ex: dict) -> dict[str, float]:
             "bg": psnr(frames, ex["edited"], bg),
             "cons": psnr(frames[1:], frames[:-1], steady),
             "area": float(found[1:].sum(axis=(1, 2)).mean() / max(truth[0].sum(), 1)),
-            "moved": travel(found), "truth": travel(truth), "found": found_share(found, ex)}
+            "moved": travel(found), "truth": travel(truth), "found": found_share(found, truth,
+                                      world.colour_mask(ex["source"], ex["target_colour"]))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +250,7 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def picture_grid(ex: dict, outputs: dict[Variant, np.ndarray], path: Path, zoom: int = 3):
-    """Rows: source, ground truth, then each variant; columns: frames."""
+    """Rows: source, ground truth, then each variant (in Variant's order); columns: frames."""
     rows = [ex["source"], ex["edited"]] + [outputs[v] for v in Variant if v in outputs]
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
     image = Image.fromarray((grid.clip(0, 1) * 255).round().astype(np.uint8))

@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 from demo import world
-from demo.evaluate import DEMO_SETTINGS, WEIGHTS, edit_config, scores, to_model, to_numpy
+from demo.evaluate import (DEMO_SETTINGS, WEIGHTS, Variant, edit_config, picture_grid, scores,
+                           to_model, to_numpy)
 from image_to_video import generate_video
 from media import save_png, save_video
 from svd.backbone import SVDBackbone
@@ -91,19 +92,6 @@ def read_frames(folder: Path) -> np.ndarray:
                      for p in sorted(folder.glob("*.png"))])
 
 
-def strip(rows: list[np.ndarray], scale: int = 2, gap: int = 2) -> np.ndarray:
-    """Clips (F, H, W, 3) in [0, 1], one per row -> one picture (uint8): the frames side by
-    side, each row below the last, enlarged `scale` times, `gap` white pixels between."""
-    F_, H, W = rows[0].shape[:3]
-    h, w = H * scale + gap, W * scale + gap
-    out = np.full((len(rows) * h + gap, F_ * w + gap, 3), 255, dtype=np.uint8)
-    for r, clip in enumerate(rows):
-        big = clip.clip(0, 1).repeat(scale, axis=1).repeat(scale, axis=2)
-        for f in range(F_):
-            out[gap + r * h: (r + 1) * h, gap + f * w: (f + 1) * w] = (big[f] * 255).round()
-    return out
-
-
 def run_demo(edit_main, argv: list[str] | None = None) -> int:
     """Run edit.py's `main` on a demo scene (`argv`: the demo's flags), then print the scores
     and write the picture strip."""
@@ -143,8 +131,8 @@ def run_demo(edit_main, argv: list[str] | None = None) -> int:
           "edit's colour matches the ground truth's (IoU >= 0.5) at least as well as the "
           "unedited source's")
     picture = run / "demo_strip.png"
-    save_png(strip([ex["source"], ex["edited"], to_numpy(plain),
-                    read_frames(run / f"{frame.stem}_frames")]), picture)
+    picture_grid(ex, {Variant.PLAIN: to_numpy(plain),
+                      Variant.FULL: read_frames(run / f"{frame.stem}_frames")}, picture, zoom=2)
     print(f"wrote {picture} (rows: source, ground truth, plain image-to-video, I2VEdit)")
     print(f"outputs in {run}")
     return 0

@@ -95,8 +95,6 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), child, new)   # works for ModuleList indices too
 
 
-
-
 def add_lora(model: nn.Module, where: Callable[[str, nn.Linear], bool], rank: int,
              dropout: float = 0.0) -> list[str]:
     """Wrap every nn.Linear for which `where(name, module)` holds; return the adapted names.
@@ -240,7 +238,7 @@ def save_lora(path: str | Path, model: nn.Module, metadata: dict[str, str] | Non
 
 def read_lora_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a LoRA file (rank, target_modules, base_model, ...), no tensors read."""
-    with _open(Path(path)) as f:
+    with open_safetensors(Path(path), LoRAError) as f:
         return dict(f.metadata() or {})
 
 
@@ -250,7 +248,7 @@ def load_lora(path: str | Path, model: nn.Module, expected_base_model: str | Non
 
     If `expected_base_model` is given, the file's `base_model` metadata must equal it."""
     path = Path(path)
-    with _open(path) as f:
+    with open_safetensors(path, LoRAError) as f:
         metadata = dict(f.metadata() or {})
         if expected_base_model is not None and metadata.get("base_model") != expected_base_model:
             raise LoRAError(f"{path}: trained on base model {metadata.get('base_model')!r}, "
@@ -279,10 +277,6 @@ def load_lora_files(paths: list[str | Path], model: nn.Module,
         load_lora(path, model, expected_base_model)
         states.append({k: v.clone() for k, v in lora_state_dict(model).items()})
     return states
-
-
-def _open(path: Path):
-    return open_safetensors(path, LoRAError)
 
 
 def export_single_file(state: dict[str, torch.Tensor], rename: Callable[[str], str],

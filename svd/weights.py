@@ -35,11 +35,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-import safefiles
 from backbone import WeightsError
 from cli import fail
-from safefiles import brief
-
+from safefiles import PICKLE_SUFFIXES, brief, open_safetensors
 from svd.clip import CLIPVisionEncoder
 from svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
 from svd.single_file import IGNORED_PREFIXES, clip_keys, single_file_rename
@@ -72,11 +70,6 @@ class SVD:
 # Reading safetensors safely
 # ---------------------------------------------------------------------------------------------
 
-def open_safetensors(path: Path):
-    """safefiles.open_safetensors with WeightsError: one line, never unpickled."""
-    return safefiles.open_safetensors(path, WeightsError)
-
-
 def read_tensors(path: Path, keys: list[str] | None = None):
     """Yield (key, tensor) for `keys` (default: all), one at a time, copied out of the file.
 
@@ -88,7 +81,7 @@ def read_tensors(path: Path, keys: list[str] | None = None):
     outlives its read.
     """
     if keys is None:
-        with open_safetensors(path) as f:
+        with open_safetensors(path, WeightsError) as f:
             keys = list(f.keys())
     for key in keys:
         try:
@@ -102,8 +95,6 @@ def read_tensors(path: Path, keys: list[str] | None = None):
 # ---------------------------------------------------------------------------------------------
 # Building a model from a state dict, strictly
 # ---------------------------------------------------------------------------------------------
-
-
 
 def build_strict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
     """Assign `tensors` to `model` (built on the meta device); raise on any key or shape mismatch."""
@@ -182,7 +173,7 @@ def _component_file(folder: Path, stem: str, dtype: torch.dtype) -> Path:
     for path in order:
         if path.is_file():
             return path
-    pickles = [p.name for p in folder.glob(f"{stem}*") if p.suffix in safefiles.PICKLE_SUFFIXES]
+    pickles = [p.name for p in folder.glob(f"{stem}*") if p.suffix in PICKLE_SUFFIXES]
     hint = f" (only {pickles[0]}: pickle files are refused)" if pickles else ""
     raise WeightsError(f"{folder}: no {stem}.safetensors or {stem}.fp16.safetensors{hint}")
 
@@ -221,7 +212,7 @@ def _load_diffusers_component(root: Path, sub: str, stem: str, parse, model_cls,
 def sgm_to_diffusers(path: Path, config: SVDConfig, dtype, device):
     """Read a single-file checkpoint into three diffusers-named state dicts (unet, vae, clip)
     and the list of keys skipped on purpose."""
-    with open_safetensors(path) as f:
+    with open_safetensors(path, WeightsError) as f:
         keys = list(f.keys())
     ignored = [k for k in keys if k.startswith(IGNORED_PREFIXES)]
     skip = set(ignored)
