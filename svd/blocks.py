@@ -7,6 +7,8 @@
 - `VideoResBlock`: spatial ResBlock, then TemporalResBlock on its output, blended by a TimeMixer
   (diffusers `SpatioTemporalResBlock`, sgm `VideoResBlock`).
 - `Downsample` / `Upsample`: stride-2 3x3 conv / nearest x2 then 3x3 conv.
+- `Conv2d`, `frame_conv`: how the 3x3 and the (3, 1, 1) convolutions run fast on the CPU, same
+  parameters and results.
 
 Checked against diffusers `models/resnet.py` through the parity tests of the models built from
 them (tests/test_unet.py, tests/test_vae.py).
@@ -19,16 +21,43 @@ from torch import nn
 from svd.layers import TimeMixer
 
 
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters and keys) that runs as one matrix product, unfold then GEMM,
+    when its output has at most `GEMM_POSITIONS` positions per image and its weight at least
+    `GEMM_WEIGHT` elements: the SVD U-Net's coarsest level at small latents (2 x 2 at 16 x 16).
+    There the CPU convolution spends more time copying the weight into its own blocked layout,
+    which it does on every call, than convolving; the product reads the weight as it is and was
+    1.7x faster forward and 1.6-2.4x forward + backward on 1280-2560 channels, while at 4 x 4
+    and above, or on small weights, the convolution wins (bench/NOTES.md, U-Net speed). Same
+    result up to float rounding (tests/test_unet.py)."""
+
+    GEMM_POSITIONS = 4
+    GEMM_WEIGHT = 2 ** 20
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N, _, H, W = x.shape                                                # (N, Cin, H, W)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        if (Ho * Wo > self.GEMM_POSITIONS or self.weight.numel() < self.GEMM_WEIGHT
+                or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros"):
+            return super().forward(x)
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
+        cols = cols.transpose(1, 2).reshape(N * Ho * Wo, -1)               # (N*Ho*Wo, Cin*kh*kw)
+        w = self.weight.flatten(1).t()                                      # (Cin*kh*kw, Cout)
+        out = cols @ w if self.bias is None else torch.addmm(self.bias, cols, w)
+        return out.reshape(N, Ho * Wo, -1).transpose(1, 2).reshape(N, -1, Ho, Wo)
+
+
 class ResBlock(nn.Module):
     """x (N, Cin, H, W), emb (N, temb) or None -> (N, Cout, H, W)."""
 
     def __init__(self, in_ch: int, out_ch: int, temb_ch: int | None, eps: float):
         super().__init__()
         self.norm1 = nn.GroupNorm(32, in_ch, eps=eps)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = Conv2d(in_ch, out_ch, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_ch, out_ch) if temb_ch is not None else None
         self.norm2 = nn.GroupNorm(32, out_ch, eps=eps)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.conv2 = Conv2d(out_ch, out_ch, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,12 +85,23 @@ class TemporalResBlock(nn.Module):
         self.conv2 = nn.Conv3d(ch, ch, (3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        r = self.conv1(F.silu(self.norm1(x)))
+        r = frame_conv(self.conv1, F.silu(self.norm1(x)))
         if self.time_emb_proj is not None:
             e = self.time_emb_proj(F.silu(emb))                  # (B, F, C)
             r = r + e.permute(0, 2, 1)[:, :, :, None, None]      # (B, C, F, 1, 1)
-        r = self.conv2(F.silu(self.norm2(r)))
+        r = frame_conv(self.conv2, F.silu(self.norm2(r)))
         return x + r
+
+
+def frame_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """A (k, 1, 1) Conv3d on x (B, C, F, H, W), run as the same 2-D convolution over (F, H*W):
+    the kernel never spans pixels, so the result is the same (float rounding aside), and the
+    CPU has a fast 2-D kernel where its 3-D one is slower (with gradients, a slow fallback;
+    bench/NOTES.md, U-Net speed). The Conv3d module keeps the checkpoint's 5-D weight."""
+    B, C, F_, H, W = x.shape
+    out = F.conv2d(x.reshape(B, C, F_, H * W), conv.weight.squeeze(-1), conv.bias,
+                   padding=conv.padding[:2])
+    return out.reshape(B, -1, F_, H, W)
 
 
 class VideoResBlock(nn.Module):
@@ -98,7 +138,7 @@ class Downsample(nn.Module):
     def __init__(self, ch: int, asymmetric_pad: bool = False):
         super().__init__()
         self.asymmetric_pad = asymmetric_pad
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0 if asymmetric_pad else 1)
+        self.conv = Conv2d(ch, ch, 3, stride=2, padding=0 if asymmetric_pad else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.asymmetric_pad:
@@ -111,7 +151,7 @@ class Upsample(nn.Module):
 
     def __init__(self, ch: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv = Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -84,6 +84,13 @@ class Attention(nn.Module):
         read per-row data key it by `attn.part`, so chunked and unchunked passes agree."""
         self.part = part
         context = x if context is None else context
+        if context.shape[1] == 1 and self.processor is sdpa:
+            # One key (SVD's cross-attention to its single image token): the softmax over it is
+            # exactly 1, so every query's output is that token's value. Skipping to_q, to_k and
+            # the attention and projecting one row instead of N saves 2 C^2 of the 18 C^2
+            # (spatial block) and 30 C^2 (temporal block) multiply-adds per token of the U-Net's
+            # transformers (bench/NOTES.md, U-Net speed). An installed processor gets q, k, v.
+            return self.to_out[0](self.to_v(context)).expand(x.shape[0], x.shape[1], -1)
         q = self.split_heads(self.to_q(x))        # (B, h, N, d)
         k = self.split_heads(self.to_k(context))  # (B, h, Nk, d)
         v = self.split_heads(self.to_v(context))  # (B, h, Nk, d)
@@ -100,7 +107,9 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, 2 * inner_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
+        value, gate = self.proj(x).chunk(2, dim=-1)   # proj may carry a LoRA: call it
+        if not torch.is_grad_enabled():               # one (N, inner) buffer fewer
+            return F.gelu(gate).mul_(value)
         return value * F.gelu(gate)  # exact (erf) GELU, as in the checkpoint's training code
 
 

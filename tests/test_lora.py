@@ -90,6 +90,25 @@ def test_dropout_is_applied_to_the_adapter_input():
     assert set(layer.eval()(x).flatten().tolist()) == {4.0}
 
 
+def test_input_dropout_keeps_each_element_with_probability_one_minus_p():
+    from lora.lora import input_dropout
+    x = torch.ones(1000, 1000)
+    torch.manual_seed(3)
+    y = input_dropout(x, 0.1)
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / 0.9)]
+    kept = (y != 0).float()
+    # 1e6 draws: the kept share is 0.9 within 5 standard deviations (0.0015), in every column
+    # too (a mask repeated along a dimension would fail that), and rows are not copies.
+    assert abs(kept.mean().item() - 0.9) < 0.0015
+    assert (kept.mean(0) - 0.9).abs().max() < 0.06 and not torch.equal(kept[0], kept[1])
+    torch.manual_seed(3)
+    assert torch.equal(input_dropout(x, 0.1), y)         # the global generator's stream
+    g = torch.ones(7, 5, requires_grad=True)
+    out = input_dropout(g, 0.5)
+    out.sum().backward()
+    assert torch.equal(g.grad, out.detach())              # gradient: the same mask and scale
+
+
 def test_fp32_adapter_on_bf16_base():
     torch.manual_seed(0)
     layer = LoRALinear.from_linear(nn.Linear(8, 8).to(torch.bfloat16), rank=2)

@@ -5,7 +5,8 @@ from safetensors.torch import load_file, save_file
 
 from bench.oracles import diffusers_tiny_unet, randomize_
 from svd.config import UNetConfig
-from svd.layers import Attention
+from svd.blocks import Conv2d, frame_conv
+from svd.layers import Attention, sdpa
 from svd.unet import UNet
 from tests.helpers import parameter_count, read_key_table
 
@@ -74,6 +75,56 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         unet.zero_grad()
         unet.gradient_checkpointing = checkpointing
         unet(sample, 0.3, context, ids).square().mean().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in unet.parameters()]))
+        # Cross-attention to one token has no gradient in to_q, to_k (svd/layers.py): None.
+        grads.append(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten()
+                               for p in unet.parameters()]))
     assert grads[0].abs().max() > 0
     assert (grads[0] - grads[1]).abs().max() <= 1e-6 * grads[0].abs().max()
+
+
+def test_gemm_convolution_equals_the_convolution_forward_and_backward():
+    # 2 x 2 outputs and a weight over GEMM_WEIGHT elements take the product path (also with
+    # stride 2, as the downsampler); 4 x 4 outputs take the convolution.
+    torch.manual_seed(0)
+    for stride, size, path in ((1, 2, "gemm"), (2, 4, "gemm"), (1, 4, "conv")):
+        ours = Conv2d(384, 320, 3, padding=1, stride=stride)
+        assert ours.weight.numel() >= Conv2d.GEMM_WEIGHT
+        plain = torch.nn.Conv2d(384, 320, 3, padding=1, stride=stride)
+        plain.load_state_dict(ours.state_dict())
+        saved = []                      # shapes autograd keeps: the unfolded input on the GEMM path
+        x1 = torch.randn(3, 384, size, size, requires_grad=True)
+        x2 = x1.detach().clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t,
+                                                      lambda t: t):
+            y1 = ours(x1)
+        y2 = plain(x2)
+        unfolded = (3 * (size // stride) ** 2, 384 * 9) in saved
+        assert unfolded == (path == "gemm")
+        assert (y1 - y2).abs().max() <= 1e-5 * y2.abs().max()
+        g = torch.randn_like(y2)
+        y1.backward(g)
+        y2.backward(g)
+        assert (x1.grad - x2.grad).abs().max() <= 1e-5 * x2.grad.abs().max()
+
+
+def test_frame_conv_equals_the_3d_convolution():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(16, 16, (3, 1, 1), padding=(1, 0, 0))
+    x = torch.randn(2, 16, 5, 3, 4)
+    assert (frame_conv(conv, x) - conv(x)).abs().max() <= 1e-6
+
+
+def test_one_token_cross_attention_shortcut_equals_full_attention():
+    # With the default processor and one key, the module skips q and the softmax; an
+    # installed processor (here: sdpa wrapped, so not the default) sees the full path.
+    torch.manual_seed(0)
+    attn = Attention(32, 4, context_dim=24)
+    torch.nn.init.normal_(attn.to_out[0].bias)
+    x, context = torch.randn(3, 10, 32), torch.randn(3, 1, 24)
+    seen = []
+    fast = attn(x, context)
+    attn.processor = lambda a, q, k, v: seen.append(q.shape) or sdpa(a, q, k, v)
+    full = attn(x, context)
+    assert seen == [(3, 4, 10, 8)]
+    assert fast.shape == full.shape == (3, 10, 32)
+    assert (fast - full).abs().max() <= 1e-6
