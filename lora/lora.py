@@ -78,9 +78,16 @@ class LoRALinear(nn.Module):
             return y
         # The adapter may be kept in fp32 on a half-precision base (mixed-precision training).
         a = x.to(self.lora_down.weight.dtype)
+        scale = self.scale
         if self.training and self.dropout > 0:
-            a = input_dropout(a, self.dropout)
-        return y + self.scale * self.lora_up(self.lora_down(a)).to(y.dtype)
+            # Inverted dropout: a * keep / (1 - p); the 1 / (1 - p) joins the scale, applied
+            # to the rank-r activation (r columns instead of in_features, the same product).
+            a = a * dropout_keep(a, self.dropout)
+            scale = scale / (1.0 - self.dropout)
+        h = self.lora_down(a)                                   # (..., r)
+        if scale != 1:
+            h = h * scale
+        return y + self.lora_up(h).to(y.dtype)
 
     def extra_repr(self) -> str:
         out_features, in_features = self.weight.shape
@@ -90,18 +97,17 @@ class LoRALinear(nn.Module):
 _INT32_SPAN = 2 ** 32
 
 
-def input_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout, x * keep / (1 - p) with keep ~ Bernoulli(1 - p) per element: what
-    F.dropout computes, with the mask drawn as 32 random bits per element (drop where they fall
-    below p * 2^32, so p holds to 2^-32) from torch.randint on the global generator. On the
-    CPU, F.dropout's Bernoulli draw took 7.3 ns per element, this one 3.2: the demo's LoRA
-    step draws about 20 M of them (bench/NOTES.md, the motion-LoRA step)."""
+def dropout_keep(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout's keep mask for x, bool, each element True with probability 1 - p: drawn as 32
+    random bits per element (False where they fall below p * 2^32, so p holds to 2^-32) from
+    torch.randint on the global generator. F.dropout's Bernoulli draw took 7.3 ns per element
+    on the CPU, this 3.2 ns, and the demo's LoRA step draws 20 M of them (bench/NOTES.md, the
+    motion-LoRA step)."""
     n = x.numel()
     words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 1) // 2,), dtype=torch.int64,
                           device=x.device)
     bits = words.view(torch.int32)[:n].view(x.shape)          # uniform on [-2^31, 2^31)
-    keep = bits >= round(p * _INT32_SPAN) - _INT32_SPAN // 2
-    return x * keep * (1.0 / (1.0 - p))
+    return bits >= round(p * _INT32_SPAN) - _INT32_SPAN // 2
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:

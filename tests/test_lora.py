@@ -90,23 +90,35 @@ def test_dropout_is_applied_to_the_adapter_input():
     assert set(layer.eval()(x).flatten().tolist()) == {4.0}
 
 
-def test_input_dropout_keeps_each_element_with_probability_one_minus_p():
-    from lora.lora import input_dropout
+def test_dropout_keeps_each_element_with_probability_one_minus_p():
+    from lora.lora import dropout_keep
     x = torch.ones(1000, 1000)
     torch.manual_seed(3)
-    y = input_dropout(x, 0.1)
-    assert y.unique().tolist() == [0.0, pytest.approx(1 / 0.9)]
-    kept = (y != 0).float()
+    kept = dropout_keep(x, 0.1)
+    assert kept.dtype == torch.bool and kept.shape == x.shape
     # 1e6 draws: the kept share is 0.9 within 5 standard deviations (0.0015), in every column
     # too (a mask repeated along a dimension would fail that), and rows are not copies.
-    assert abs(kept.mean().item() - 0.9) < 0.0015
-    assert (kept.mean(0) - 0.9).abs().max() < 0.06 and not torch.equal(kept[0], kept[1])
+    share = kept.float()
+    assert abs(share.mean().item() - 0.9) < 0.0015
+    assert (share.mean(0) - 0.9).abs().max() < 0.06 and not torch.equal(kept[0], kept[1])
     torch.manual_seed(3)
-    assert torch.equal(input_dropout(x, 0.1), y)         # the global generator's stream
-    g = torch.ones(7, 5, requires_grad=True)
-    out = input_dropout(g, 0.5)
-    out.sum().backward()
-    assert torch.equal(g.grad, out.detach())              # gradient: the same mask and scale
+    assert torch.equal(dropout_keep(x, 0.1), kept)         # the global generator's stream
+    assert dropout_keep(x, 0.0).all()
+
+
+def test_training_adapter_is_inverted_dropout_on_its_input():
+    torch.manual_seed(0)
+    layer = LoRALinear.from_linear(nn.Linear(6, 5), rank=3, dropout=0.25).train()
+    torch.nn.init.normal_(layer.lora_up.weight)
+    x = torch.randn(40, 6)
+    torch.manual_seed(1)
+    y = layer(x)
+    torch.manual_seed(1)
+    from lora.lora import dropout_keep
+    keep = dropout_keep(x, 0.25)
+    expected = (torch.nn.functional.linear(x, layer.weight, layer.bias)
+                + layer.lora_up(layer.lora_down(x * keep / 0.75)))
+    assert (y - expected).abs().max() <= 1e-6
 
 
 def test_fp32_adapter_on_bf16_base():
