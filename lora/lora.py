@@ -101,7 +101,7 @@ def dropout_keep(x: torch.Tensor, p: float) -> torch.Tensor:
     """Dropout's keep mask for x, bool, each element True with probability 1 - p: drawn as 32
     random bits per element (False where they fall below p * 2^32, so p holds to 2^-32) from
     torch.randint on the global generator. F.dropout's Bernoulli draw took 7.3 ns per element
-    on the CPU, this 3.2 ns, and the demo's LoRA step draws 20 M of them (bench/NOTES.md, the
+    on the CPU, this 3.2 ns, and the demo's LoRA step draws 17 M of them (bench/NOTES.md, the
     motion-LoRA step)."""
     n = x.numel()
     words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 1) // 2,), dtype=torch.int64,

@@ -220,8 +220,9 @@ def test_shipped_vae_reconstructs_held_out_frames():
 @pytest.mark.parametrize("seed, kind", [(1, world.EditKind.RESHAPE), (2, world.EditKind.PATTERN)])
 def test_full_method_beats_plain_image_to_video_and_its_figures_hold(seed, kind):
     """The method wins on the two scenes, and its figures are the recorded ones
-    (tests/data/held_out_figures.json, written before the Backbone interface moved the code:
-    a refactor must not change what the demo computes). Tolerance 0.005: equal at the two
+    (tests/data/held_out_figures.json, `python bench/held_out_figures.py`, re-recorded when the
+    LoRA dropout's random draws changed (lora/lora.py, dropout_keep): a change meant to keep
+    what the demo computes must keep these). Tolerance 0.005: equal at the two
     decimals the demo prints, so float rounding on another CPU cannot fail it, a change of
     behaviour can (on the recording machine the outputs were equal bit for bit)."""
     svd = load_svd(WEIGHTS)
