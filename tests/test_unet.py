@@ -121,8 +121,13 @@ def test_one_token_cross_attention_shortcut_equals_full_attention():
     attn = Attention(32, 4, context_dim=24)
     torch.nn.init.normal_(attn.to_out[0].bias)
     x, context = torch.randn(3, 10, 32), torch.randn(3, 1, 24)
-    seen = []
+    q_calls = []
+    attn.to_q.register_forward_hook(lambda *args: q_calls.append(1))
     fast = attn(x, context)
+    assert q_calls == []                                  # the shortcut was taken
+    attn(x, torch.randn(3, 2, 24))
+    assert q_calls == [1]                                 # two keys: the full path
+    seen = []
     attn.processor = lambda a, q, k, v: seen.append(q.shape) or sdpa(a, q, k, v)
     full = attn(x, context)
     assert seen == [(3, 4, 10, 8)]
