@@ -27,21 +27,26 @@ class Conv2d(nn.Conv2d):
     least `GEMM_WEIGHT` elements: the SVD U-Net's coarsest level at small latents (2 x 2 at
     16 x 16; at 576 x 1024 it is 9 x 16 and this never applies). There the CPU convolution
     spends more time copying the weight into its own blocked layout, which it does on every
-    call, than convolving; the product reads the weight as it is and was
-    1.7x faster forward and 1.6-2.4x forward + backward on 1280-2560 channels, while at 4 x 4
-    and above, or on small weights, the convolution wins (bench/NOTES.md, U-Net speed). Same
-    result up to float rounding (tests/test_unet.py)."""
+    call, than convolving; the product reads the weight as it is and was 1.7x faster forward
+    and 1.6-2.4x forward + backward on 1280-2560 channels, while at 4 x 4 and above, or on
+    small weights, the convolution wins (bench/NOTES.md, U-Net speed). Same result up to float
+    rounding (tests/test_unet.py). Only plain convolutions are built from it (groups 1,
+    dilation 1, zero padding: checked at construction)."""
 
     GEMM_POSITIONS = 4
     GEMM_WEIGHT = 2 ** 20
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros":
+            raise ValueError("svd.blocks.Conv2d: only groups=1, dilation=1, zero padding")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         N, _, H, W = x.shape                                                # (N, Cin, H, W)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
         if (x.device.type != "cpu" or Ho * Wo > self.GEMM_POSITIONS
-                or self.weight.numel() < self.GEMM_WEIGHT or self.groups != 1
-                or self.dilation != (1, 1) or self.padding_mode != "zeros"):
+                or self.weight.numel() < self.GEMM_WEIGHT):
             return super().forward(x)
         cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
         cols = cols.transpose(1, 2).reshape(N * Ho * Wo, -1)               # (N*Ho*Wo, Cin*kh*kw)

@@ -107,7 +107,7 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, 2 * inner_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)   # proj may carry a LoRA: call it
+        value, gate = self.proj(x).chunk(2, dim=-1)
         if not torch.is_grad_enabled():               # one (N, inner) buffer fewer
             return F.gelu(gate).mul_(value)
         return value * F.gelu(gate)  # exact (erf) GELU, as in the checkpoint's training code
